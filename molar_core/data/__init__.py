@@ -1,0 +1,1 @@
+"""Dataset adapters, processing (filtering, k-core, ids, split) and item text rendering."""

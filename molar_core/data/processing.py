@@ -1,0 +1,205 @@
+"""From raw interactions to chronological leave-one-out sequences, accounting for every input row.
+
+Order of steps (each drop is counted under its reason in `stats.json`):
+rating threshold -> unknown items -> duplicates (user, item) -> most recent `max_seq_len` per user ->
+iterative k-core (users need max(k_core_user, 3) interactions so that train, valid and test are non-empty).
+Ties in time are broken by the row order of the source file, so the order is stable and deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from molar_core.data.raw import RawDataset
+from molar_core.errors import DataError
+
+MIN_SEQUENCE = 3  # leave-one-out needs one train, one valid and one test item
+
+
+@dataclass
+class ProcessConfig:
+    min_rating: float | None = None
+    k_core_user: int = 5
+    k_core_item: int = 1
+    max_seq_len: int | None = None
+
+
+@dataclass
+class Prepared:
+    """Everything the prepare stage writes."""
+
+    items: pl.DataFrame  # item_id (1..N), raw_item_id, title, text, image_path, has_image, content_hash
+    train: pl.DataFrame  # user_id, raw_user_id, items (list[i32])
+    valid: pl.DataFrame  # user_id, raw_user_id, history (list[i32]), target (i32)
+    test: pl.DataFrame  # user_id, raw_user_id, history, target
+    stats: dict
+
+
+def _natural_order(raw: pl.Series) -> pl.Series:
+    """Sort raw ids numerically when all are integers (1, 2, 10), else as strings."""
+    as_int = raw.cast(pl.Int64, strict=False)
+    if as_int.null_count() == 0:
+        return raw.gather(as_int.arg_sort())
+    return raw.sort()
+
+
+def render_text(title: str, fields: dict[str, str | None]) -> str:
+    """The text of an item as encoders read it: "Title: X. Year: 1995. Genres: A, B"."""
+    parts = [f"Title: {title}"]
+    for name, value in fields.items():
+        if value is not None and str(value).strip():
+            parts.append(f"{name.replace('_', ' ').capitalize()}: {str(value).strip()}")
+    return ". ".join(parts)
+
+
+def content_hash(text: str, image_path: str | None) -> str:
+    """sha256 of the text and the image bytes: the key of the embedding cache."""
+    h = hashlib.sha256(text.encode("utf-8"))
+    h.update(b"\x00")
+    if image_path:
+        h.update(Path(image_path).read_bytes())
+    return h.hexdigest()
+
+
+def k_core(df: pl.DataFrame, user_min: int, item_min: int) -> tuple[pl.DataFrame, int]:
+    """Iteratively remove users and items below their thresholds; returns (kept, rounds)."""
+    rounds = 0
+    while True:
+        rounds += 1
+        n = df.height
+        if item_min > 1:
+            df = df.filter(pl.len().over("item") >= item_min)
+        df = df.filter(pl.len().over("user") >= user_min)
+        if df.height == n:
+            return df, rounds
+
+
+def process(raw: RawDataset, cfg: ProcessConfig, items_with_images: pl.DataFrame | None = None) -> Prepared:
+    """Filter, order, id-map and split `raw`. `items_with_images` is raw.items plus `image_path` (or None)."""
+    raw.validate()
+    inter = raw.interactions
+    file = raw.interactions_file
+    n_input = inter.height
+    if n_input == 0:
+        raise DataError(file, "no interactions")
+    dropped: dict[str, int] = {}
+
+    def drop(name: str, before: int, after: pl.DataFrame) -> pl.DataFrame:
+        dropped[name] = before - after.height
+        return after
+
+    if cfg.min_rating is not None:
+        if inter["rating"].null_count() == inter.height:
+            raise DataError(file, "prepare.min_rating is set but the source has no ratings", column="rating")
+        inter = drop("below_min_rating", inter.height, inter.filter(pl.col("rating") >= cfg.min_rating))
+
+    items = items_with_images if items_with_images is not None else raw.items
+    if items is not None:
+        dup = items["item"].is_duplicated()
+        if dup.any():
+            idx = int(dup.arg_true()[1] if dup.sum() > 1 else dup.arg_true()[0])
+            raise DataError(raw.items_file or "items", f"item id {items['item'][idx]!r} appears more than once",
+                            row=idx + 1)
+        inter = drop("unknown_item", inter.height, inter.filter(pl.col("item").is_in(items["item"].implode())))
+
+    inter = inter.sort(["user", "timestamp", "source_row"])
+    inter = drop("duplicate", inter.height, inter.unique(["user", "item"], keep="first", maintain_order=True))
+
+    if cfg.max_seq_len is not None:
+        inter = drop("truncated", inter.height,
+                     inter.filter(pl.int_range(pl.len()).over("user")
+                                  >= pl.len().over("user") - cfg.max_seq_len))
+
+    user_min = max(cfg.k_core_user, MIN_SEQUENCE)
+    n_users_before = inter["user"].n_unique()
+    before = inter.height
+    inter, rounds = k_core(inter, user_min, cfg.k_core_item)
+    dropped["k_core"] = before - inter.height
+    if inter.height == 0:
+        raise DataError(file, f"no user has >= {user_min} interactions after filtering "
+                              f"(prepare.k_core_user={cfg.k_core_user}, k_core_item={cfg.k_core_item})")
+
+    # contiguous ids: items 1..N (0 = padding), users 0..U-1, both in natural raw-id order
+    item_order = _natural_order(inter["item"].unique())
+    user_order = _natural_order(inter["user"].unique())
+    item_map = pl.DataFrame({"item": item_order, "item_id": pl.int_range(1, len(item_order) + 1, eager=True)
+                             .cast(pl.Int32)})
+    user_map = pl.DataFrame({"user": user_order, "user_id": pl.int_range(0, len(user_order), eager=True)
+                             .cast(pl.Int32)})
+    inter = inter.join(item_map, on="item").join(user_map, on="user")
+    inter = inter.sort(["user_id", "timestamp", "source_row"])
+
+    seqs = inter.group_by("user_id", maintain_order=True).agg(
+        pl.col("user").first().alias("raw_user_id"), pl.col("item_id").alias("seq"))
+    train = seqs.select("user_id", "raw_user_id", pl.col("seq").list.slice(0, pl.col("seq").list.len() - 2)
+                        .alias("items"))
+    valid = seqs.select("user_id", "raw_user_id",
+                        pl.col("seq").list.slice(0, pl.col("seq").list.len() - 2).alias("history"),
+                        pl.col("seq").list.get(-2).alias("target"))
+    test = seqs.select("user_id", "raw_user_id",
+                       pl.col("seq").list.slice(0, pl.col("seq").list.len() - 1).alias("history"),
+                       pl.col("seq").list.get(-1).alias("target"))
+
+    items_out = _build_items(item_map, items, raw.text_fields)
+    n_items_table = items.height if items is not None else None
+
+    lengths = seqs["seq"].list.len()
+    n_kept = inter.height
+    assert n_kept + sum(dropped.values()) == n_input, "row accounting is broken"
+    has_img = items_out["has_image"]
+    img_inter = inter.join(items_out.select("item_id", "has_image"), on="item_id")["has_image"].sum()
+    stats = {
+        "source": raw.source,
+        "interactions_file": raw.interactions_file,
+        "items_file": raw.items_file,
+        "users": len(user_order),
+        "items": len(item_order),
+        "interactions": n_kept,
+        "density": n_kept / (len(user_order) * len(item_order)),
+        "rows": {"input": n_input, "kept": n_kept, "dropped": dropped},
+        "users_dropped": n_users_before - len(user_order),
+        "items_table_rows": n_items_table,
+        "items_without_interactions": (n_items_table - len(item_order)) if n_items_table is not None else None,
+        "k_core": {"user_min": user_min, "item_min": cfg.k_core_item, "rounds": rounds},
+        "sequence_length": {
+            "min": int(lengths.min()), "p25": float(lengths.quantile(0.25)), "median": float(lengths.median()),
+            "p75": float(lengths.quantile(0.75)), "p90": float(lengths.quantile(0.9)),
+            "max": int(lengths.max()), "mean": float(lengths.mean()),
+        },
+        "images": {
+            "items_with_image": int(has_img.sum()),
+            "item_coverage": float(has_img.mean()),
+            "interaction_coverage": float(img_inter / n_kept),
+        },
+        "split": "leave-one-out: last item test, second-to-last validation, the rest train",
+        "tie_break": "source row order",
+    }
+    return Prepared(items=items_out, train=train, valid=valid, test=test, stats=stats)
+
+
+def _build_items(item_map: pl.DataFrame, items: pl.DataFrame | None, text_fields: list[str]) -> pl.DataFrame:
+    if items is None:
+        table = item_map.with_columns(pl.col("item").alias("title"), pl.lit(None, pl.String).alias("image_path"))
+        text_fields = []
+    else:
+        if "image_path" not in items.columns:
+            items = items.with_columns(pl.lit(None, pl.String).alias("image_path"))
+        table = item_map.join(items, on="item", how="left").sort("item_id")
+    titles = [t if t is not None and str(t).strip() else raw for t, raw in zip(table["title"], table["item"])]
+    fields = [table[c].cast(pl.String).to_list() for c in text_fields]
+    texts = [render_text(title, {c: fields[j][i] for j, c in enumerate(text_fields)})
+             for i, title in enumerate(titles)]
+    images = table["image_path"].to_list()
+    return pl.DataFrame({
+        "item_id": table["item_id"].cast(pl.Int32),
+        "raw_item_id": table["item"],
+        "title": pl.Series(titles, dtype=pl.String),
+        "text": pl.Series(texts, dtype=pl.String),
+        "image_path": pl.Series(images, dtype=pl.String),
+        "has_image": pl.Series([p is not None for p in images], dtype=pl.Boolean),
+        "content_hash": pl.Series([content_hash(t, p) for t, p in zip(texts, images)], dtype=pl.String),
+    })

@@ -1,0 +1,30 @@
+"""Errors that name the bad input, so a user can fix the file, row or parameter at once."""
+
+from __future__ import annotations
+
+
+class MolarError(Exception):
+    """Base class of every error molar raises on purpose."""
+
+
+class DataError(MolarError):
+    """Bad input data: names the file and, where known, the 1-based row (line) and column."""
+
+    def __init__(self, file: str, message: str, row: int | None = None, column: str | None = None):
+        self.file = str(file)
+        self.row = row
+        self.column = column
+        where = self.file
+        if row is not None:
+            where += f", row {row}"
+        if column is not None:
+            where += f", column '{column}'"
+        super().__init__(f"{where}: {message}")
+
+
+class ArtifactError(MolarError):
+    """A missing, corrupt or stale artifact: names it and the stage that rebuilds it."""
+
+    def __init__(self, path: str, message: str, rebuild: str | None = None):
+        hint = f" (rebuild it with `{rebuild}`)" if rebuild else ""
+        super().__init__(f"{path}: {message}{hint}")

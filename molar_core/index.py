@@ -1,0 +1,91 @@
+"""FAISS indexes over item vectors, and full-ranking search with the user's history masked out.
+
+Row r of an index is item id r + 1 (0 is padding and never indexed). Masked search asks FAISS for
+k + (longest history in the batch) neighbours, drops history items, and keeps the first k.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from molar_core.io import atomic_path
+
+
+def gpu_count() -> int:
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def build_index(vectors: np.ndarray, factory: str = "Flat", train_sample: int = 100_000, nprobe: int = 16,
+                use_gpu: str = "auto", seed: int = 0) -> tuple[faiss.Index, dict]:
+    """Build an inner-product index from a factory string; returns (cpu index, build info)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    t0 = time.perf_counter()
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    on_gpu = use_gpu == "always" or (use_gpu == "auto" and gpu_count() > 0)
+    if use_gpu == "always" and gpu_count() == 0:
+        raise RuntimeError("index.use_gpu is 'always' but FAISS sees no GPU (install faiss-gpu)")
+    work = faiss.index_cpu_to_all_gpus(index) if on_gpu else index
+    if not work.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = vectors[rng.choice(n, size=min(n, train_sample), replace=False)] if n > train_sample else vectors
+        work.train(sample)
+    work.add(vectors)
+    index = faiss.index_gpu_to_cpu(work) if on_gpu else work
+    set_nprobe(index, nprobe)
+    info = {"factory": factory, "metric": "inner_product", "ntotal": int(index.ntotal), "dim": d,
+            "built_on_gpu": on_gpu, "build_seconds": time.perf_counter() - t0, "nprobe": nprobe}
+    return index, info
+
+
+def set_nprobe(index: faiss.Index, nprobe: int) -> None:
+    try:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+    except RuntimeError:
+        pass  # index type without nprobe (Flat, HNSW)
+
+
+def save_index(index: faiss.Index, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def load_index(path: str | Path, use_gpu: str = "auto") -> faiss.Index:
+    index = faiss.read_index(str(path))
+    if use_gpu == "always" or (use_gpu == "auto" and gpu_count() > 0):
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def search_masked(index: faiss.Index, users: np.ndarray, histories: list[list[int]] | None, k: int,
+                  batch_size: int = 1024) -> np.ndarray:
+    """Top-k item ids (1-based; 0 where fewer than k items remain) per user, history items excluded
+    when `histories` is given."""
+    users = np.ascontiguousarray(users, dtype=np.float32)
+    n_items = index.ntotal
+    out = np.zeros((len(users), k), dtype=np.int64)
+    for s in range(0, len(users), batch_size):
+        u = users[s:s + batch_size]
+        hist = histories[s:s + batch_size] if histories is not None else [[] for _ in range(len(u))]
+        extra = max((len(h) for h in hist), default=0)
+        kk = min(n_items, k + extra)
+        _, rows = index.search(u, kk)
+        ids = np.where(rows >= 0, rows + 1, 0)
+        if histories is not None:
+            seen = np.zeros((len(u), n_items + 1), dtype=bool)
+            r = np.repeat(np.arange(len(u)), [len(h) for h in hist])
+            c = np.fromiter((x for h in hist for x in h), dtype=np.int64, count=len(r))
+            seen[r, c] = True
+            seen[:, 0] = True  # padding / missing results
+            keep = ~np.take_along_axis(seen, ids, axis=1)
+        else:
+            keep = ids > 0
+        # stable compaction of kept ids to the left, then the first k
+        order = np.argsort(~keep, axis=1, kind="stable")
+        compact = np.take_along_axis(np.where(keep, ids, 0), order, axis=1)[:, :k]
+        out[s:s + len(u), :compact.shape[1]] = compact
+    return out

@@ -1,0 +1,1 @@
+"""User models: SASRec over item ids, and (later) the content user model over cached item vectors."""

@@ -1,0 +1,55 @@
+"""A pre-LayerNorm causal transformer over left-padded sequences, shared by every user model.
+
+Sequences are left-padded so the last position is always the newest item (the user vector).
+Each position attends to itself and the real items before it; pads are never attended by real positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+        self.attn_dropout = dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, n, d)))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class CausalTransformer(nn.Module):
+    """Input: vectors (B, L, D) and a padding mask (B, L, True = real item). Output: (B, L, D)."""
+
+    def __init__(self, dim: int, layers: int, heads: int, dropout: float, max_len: int):
+        super().__init__()
+        self.pos = nn.Embedding(max_len, dim)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
+        self.ln = nn.LayerNorm(dim)
+        self.max_len = max_len
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        x = x + self.pos(torch.arange(self.max_len - n, self.max_len, device=x.device))
+        x = self.drop(x * real.unsqueeze(-1))
+        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        eye = torch.eye(n, dtype=torch.bool, device=x.device)
+        mask = ((causal & real.unsqueeze(1)) | eye).unsqueeze(1)  # (B, 1, L, L): True = may attend
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln(x)

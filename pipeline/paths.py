@@ -1,0 +1,25 @@
+"""Where each stage writes: one place, so stages, CLI, tests and dvc.yaml agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PREPARED = Path("data/prepared")
+ITEMS = PREPARED / "items.parquet"
+TRAIN = PREPARED / "train.parquet"
+VALID = PREPARED / "valid.parquet"
+TEST = PREPARED / "test.parquet"
+STATS = PREPARED / "stats.json"
+
+ARTIFACTS = Path("artifacts")
+INDEX_DIR = ARTIFACTS / "index"
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+
+
+def model_dir(model: str) -> Path:
+    """Each user model writes model.safetensors, config.json, item_vectors and user_vectors here."""
+    return ARTIFACTS / model
+
+
+STAGE_OF = {"sasrec": "dvc repro train_id", "prepared": "dvc repro prepare", "index": "dvc repro index"}

@@ -1,0 +1,38 @@
+"""DVC stage `index`: a FAISS index over each model's item vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from molar_core.index import build_index, save_index
+from molar_core.io import runtime_info, sha256_file, write_json_atomic
+from molar_core.vectors import load_item_vectors
+from pipeline import paths
+from pipeline.params import IndexParams
+from stages.common import params_from_argv, read_stats, run_main, summary
+
+
+def run(p: IndexParams, root: Path = Path(".")) -> dict:
+    stats = read_stats(root)
+    infos = {}
+    for model in p.models:
+        src = root / paths.model_dir(model) / "item_vectors.safetensors"
+        vectors = load_item_vectors(src, stats["items"], rebuild=f"dvc repro train_{model}")
+        index, info = build_index(vectors, p.factory, p.train_sample, p.nprobe, p.use_gpu)
+        out = root / paths.INDEX_DIR
+        save_index(index, out / f"{model}.faiss")
+        info.update({"model": model, "item_vectors": str(src.relative_to(root)), "item_vectors_sha256": sha256_file(src),
+                     "row_to_item_id": "row + 1", "runtime": runtime_info()})
+        write_json_atomic(out / f"{model}.json", info)
+        infos[model] = info
+        summary("index", f"{model}: {p.factory} over {info['ntotal']:,} x {info['dim']} "
+                f"({'GPU' if info['built_on_gpu'] else 'CPU'}, {info['build_seconds']:.2f}s)")
+    return infos
+
+
+def main() -> None:
+    run(params_from_argv().index)
+
+
+if __name__ == "__main__":
+    run_main(main)

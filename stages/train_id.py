@@ -1,0 +1,89 @@
+"""DVC stage `train_id`: SASRec over item ids -> checkpoint, item and user vectors, training curve."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+
+from molar_core.data.sequences import training_windows
+from molar_core.io import atomic_dir, runtime_info, write_bytes_atomic, write_json_atomic
+from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
+from molar_core.training import FitConfig, encode_users, fit, pick_device, ranking_metrics, seed_everything
+from molar_core.vectors import save_item_vectors, save_tensors, save_user_vectors
+from pipeline import paths
+from pipeline.params import ProtocolParams, TrainIdParams
+from stages.common import console, params_from_argv, read_prepared, read_stats, run_main, summary
+
+MODEL = "sasrec"
+
+
+def write_curve(path: Path, curve: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(curve[0].keys()))
+    writer.writeheader()
+    writer.writerows(curve)
+    write_bytes_atomic(path, buf.getvalue().encode())
+
+
+def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> dict:
+    stats = read_stats(root)
+    train, valid, test = (read_prepared(root, s) for s in ("train", "valid", "test"))
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    gen = seed_everything(p.seed)
+    device = pick_device(p.device)
+    cfg = SASRecConfig(num_items=stats["items"], max_len=p.max_len, dim=p.dim, layers=p.layers, heads=p.heads,
+                       dropout=p.dropout)
+    model = SASRec(cfg).to(device)
+    seqs = training_windows(train["items"].to_list(), p.max_len)
+    vh, vt = valid["history"].to_list(), valid["target"].to_list()
+    mask = protocol.masking == "history"
+
+    def validate() -> dict:
+        users = encode_users(model.user_vectors, vh, p.max_len, device)
+        return ranking_metrics(users, model.item_vectors().detach().float().cpu(), vh, vt, protocol.ks, mask)
+
+    def show(row: dict) -> None:
+        console.print(f"  epoch {row['epoch']:3d}  loss {row['loss']:.4f}  valid {protocol.early_stop_metric} "
+                      f"{row['valid_' + protocol.early_stop_metric]:.4f}  ({row['seconds']:.1f}s)")
+
+    result = fit(model, seqs, lambda b: sasrec_loss(model, b, p.loss, p.num_negatives, gen), validate,
+                 FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size, max_epochs=p.max_epochs,
+                           patience=p.patience, min_epochs=p.min_epochs, monitor=protocol.early_stop_metric),
+                 gen, progress=show)
+    model.eval()
+    user_ids = torch.tensor(train["user_id"].to_list())
+    splits = {"train": encode_users(model.user_vectors, train["items"].to_list(), p.max_len, device),
+              "valid": encode_users(model.user_vectors, vh, p.max_len, device),
+              "test": encode_users(model.user_vectors, test["history"].to_list(), p.max_len, device)}
+    meta = {"model": MODEL, "num_items": str(cfg.num_items)}
+    config = {"model": MODEL, "config": cfg.to_dict(), "params": p.model_dump(), "protocol": protocol.model_dump(),
+              "best_epoch": result.best_epoch, "epochs_run": len(result.curve), "valid": result.best_metrics,
+              "train_seconds": result.seconds, "training_windows": len(seqs), "runtime": runtime_info(p.seed),
+              "files": {"model.safetensors": "state dict", "item_vectors.safetensors": "items 1..N scoring vectors",
+                        "user_vectors.safetensors": "user vectors after the train/valid/test histories"}}
+    with atomic_dir(root / paths.model_dir(MODEL)) as out:
+        save_tensors(out / "model.safetensors", dict(model.state_dict()), meta)
+        save_item_vectors(out / "item_vectors.safetensors", model.item_vectors().detach().cpu(), meta)
+        save_user_vectors(out / "user_vectors.safetensors", user_ids, splits, meta)
+        write_json_atomic(out / "config.json", config)
+    write_curve(root / paths.PLOTS_DIR / "train_id" / "curve.csv", result.curve)
+    write_json_atomic(root / paths.METRICS_DIR / "train_id.json",
+                      {"best_epoch": result.best_epoch, "valid": result.best_metrics,
+                       "train_seconds": round(result.seconds, 1)})
+    summary("train_id", f"SASRec best epoch {result.best_epoch}/{len(result.curve)}, valid "
+            f"{protocol.early_stop_metric} {result.best_metrics[protocol.early_stop_metric]:.4f}, "
+            f"{result.seconds:.0f}s on {device}")
+    return config
+
+
+def main() -> None:
+    params = params_from_argv()
+    run(params.train_id, params.protocol)
+
+
+if __name__ == "__main__":
+    run_main(main)
