@@ -99,9 +99,9 @@ def process(raw: RawDataset, cfg: ProcessConfig, items_with_images: pl.DataFrame
 
     items = items_with_images if items_with_images is not None else raw.items
     if items is not None:
-        dup = items["item"].is_duplicated()
+        dup = ~items["item"].is_first_distinct()  # the first row repeating an earlier id
         if dup.any():
-            idx = int(dup.arg_true()[1] if dup.sum() > 1 else dup.arg_true()[0])
+            idx = int(dup.arg_true()[0])
             raise DataError(raw.items_file or "items", f"item id {items['item'][idx]!r} appears more than once",
                             row=idx + 1)
         inter = drop("unknown_item", inter.height, inter.filter(pl.col("item").is_in(items["item"].implode())))
@@ -112,7 +112,7 @@ def process(raw: RawDataset, cfg: ProcessConfig, items_with_images: pl.DataFrame
     if cfg.max_seq_len is not None:
         inter = drop("truncated", inter.height,
                      inter.filter(pl.int_range(pl.len()).over("user")
-                                  >= pl.len().over("user") - cfg.max_seq_len))
+                                  >= pl.len().over("user").cast(pl.Int64) - cfg.max_seq_len))  # len is u32
 
     user_min = max(cfg.k_core_user, MIN_SEQUENCE)
     n_users_before = inter["user"].n_unique()
@@ -166,8 +166,9 @@ def process(raw: RawDataset, cfg: ProcessConfig, items_with_images: pl.DataFrame
         "items_without_interactions": (n_items_table - len(item_order)) if n_items_table is not None else None,
         "k_core": {"user_min": user_min, "item_min": cfg.k_core_item, "rounds": rounds},
         "sequence_length": {
-            "min": int(lengths.min()), "p25": float(lengths.quantile(0.25)), "median": float(lengths.median()),
-            "p75": float(lengths.quantile(0.75)), "p90": float(lengths.quantile(0.9)),
+            "min": int(lengths.min()), "p25": float(lengths.quantile(0.25, "linear")),
+            "median": float(lengths.median()),
+            "p75": float(lengths.quantile(0.75, "linear")), "p90": float(lengths.quantile(0.9, "linear")),
             "max": int(lengths.max()), "mean": float(lengths.mean()),
         },
         "images": {

@@ -1,0 +1,186 @@
+"""The prepare stage end to end on the real shared datasets (skipped where ../shared/datasets lacks them).
+
+Counts are checked against the raw files read here with the csv module, outputs are reloaded from disk,
+and a second run must write byte-identical parquet files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline import paths
+from pipeline.params import PrepareParams
+from stages.prepare import run
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # /work/shared/datasets beside the repo
+ML = SHARED / "ml-100k"
+AMAZON = SHARED / "amazon-scientific"
+
+SCHEMAS = {
+    "items": {"item_id": pl.Int32, "raw_item_id": pl.String, "title": pl.String, "text": pl.String,
+              "image_path": pl.String, "has_image": pl.Boolean, "content_hash": pl.String},
+    "train": {"user_id": pl.Int32, "raw_user_id": pl.String, "items": pl.List(pl.Int32)},
+    "valid": {"user_id": pl.Int32, "raw_user_id": pl.String, "history": pl.List(pl.Int32), "target": pl.Int32},
+    "test": {"user_id": pl.Int32, "raw_user_id": pl.String, "history": pl.List(pl.Int32), "target": pl.Int32},
+}  # fmt: skip
+FILES = {"items": paths.ITEMS, "train": paths.TRAIN, "valid": paths.VALID, "test": paths.TEST}
+
+
+def reload(root: Path) -> tuple[dict[str, pl.DataFrame], dict]:
+    frames = {name: pl.read_parquet(root / rel) for name, rel in FILES.items()}
+    for name, df in frames.items():
+        assert df.schema == pl.Schema(SCHEMAS[name]), name
+    stats = json.loads((root / paths.STATS).read_text())
+    return frames, stats
+
+
+def check_consistency(frames: dict[str, pl.DataFrame], stats: dict) -> None:
+    train, valid, test, items = frames["train"], frames["valid"], frames["test"], frames["items"]
+    rows = stats["rows"]
+    assert rows["input"] == rows["kept"] + sum(rows["dropped"].values())
+    assert stats["interactions"] == rows["kept"] == train["items"].list.len().sum() + valid.height + test.height
+    assert stats["users"] == train.height == valid.height == test.height
+    assert train["user_id"].to_list() == list(range(train.height))
+    assert valid["history"].to_list() == train["items"].to_list()
+    assert test["history"].to_list() == [h + [t] for h, t in zip(train["items"].to_list(), valid["target"])]
+    assert stats["items"] == items.height and items["item_id"].to_list() == list(range(1, items.height + 1))
+    used = set(test["history"].explode().to_list()) | set(test["target"].to_list())
+    assert used == set(range(1, items.height + 1))  # every item is used, 0 (padding) never
+    lengths = (test["history"].list.len() + 1).to_numpy()
+    sl = stats["sequence_length"]
+    assert (sl["min"], sl["max"]) == (lengths.min(), lengths.max())
+    assert sl["median"] == pytest.approx(np.median(lengths)) and sl["mean"] == pytest.approx(lengths.mean())
+    assert sl["p90"] == pytest.approx(np.quantile(lengths, 0.9))
+    assert stats["density"] == pytest.approx(stats["interactions"] / (stats["users"] * stats["items"]))
+    assert items["has_image"].to_list() == items["image_path"].is_not_null().to_list()
+    assert stats["images"]["items_with_image"] == int(items["has_image"].sum())
+
+
+def parquet_bytes(root: Path) -> dict[str, bytes]:
+    return {name: (root / rel).read_bytes() for name, rel in FILES.items()}
+
+
+def run_twice_identical(p: PrepareParams, root: Path) -> tuple[dict, dict]:
+    stats = run(p, root)
+    first = parquet_bytes(root)
+    stats2 = run(p, root)
+    assert parquet_bytes(root) == first  # deterministic, byte for byte
+    assert {k: v for k, v in stats.items() if k != "runtime"} == {k: v for k, v in stats2.items() if k != "runtime"}
+    # the output directory was swapped in whole: no temp or old directories left beside it
+    assert sorted(f.name for f in (root / paths.PREPARED).parent.iterdir()) == [paths.PREPARED.name]
+    assert sorted(f.name for f in (root / paths.PREPARED).iterdir()) == sorted(
+        [rel.name for rel in FILES.values()] + [paths.STATS.name]
+    )
+    return stats, stats2
+
+
+@pytest.mark.skipif(not ML.exists(), reason="needs ../shared/datasets/ml-100k")
+def test_prepare_ml100k_recbole_atomic_with_posters(tmp_path):
+    p = PrepareParams(source="recbole_atomic", path=str(ML), images={"dir": str(ML / "posters")})
+    returned, _ = run_twice_identical(p, tmp_path)
+    frames, stats = reload(tmp_path)
+    assert stats == json.loads(json.dumps(returned))  # what run returned is what it wrote
+
+    # independent reading of the raw files
+    with open(ML / "ml-100k.inter", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))[1:]
+    posters = {f.stem for f in (ML / "posters").glob("*.jpg") if f.stat().st_size > 0}
+    assert len(rows) == 100_000 and len(posters) == 1_658
+    assert (stats["users"], stats["items"], stats["interactions"]) == (943, 1_682, 100_000)
+    assert stats["rows"] == {"input": 100_000, "kept": 100_000,
+                             "dropped": {"unknown_item": 0, "duplicate": 0, "k_core": 0}}  # fmt: skip
+    assert stats["items_table_rows"] == 1_682 and stats["items_without_interactions"] == 0
+    img = stats["images"]
+    assert img["items_with_image"] == 1_658
+    assert img["item_coverage"] == pytest.approx(1_658 / 1_682)
+    assert img["interaction_coverage"] == pytest.approx(sum(r[1] in posters for r in rows) / 100_000)
+    assert img["missing_by_reason_in_items_table"] == {"no_image": 24}
+    assert stats["params"]["images"]["dir"] == str(ML / "posters")
+
+    items, train, test = frames["items"], frames["train"], frames["test"]
+    # natural numeric order: raw ids 1..1682 map to item ids 1..1682, raw users 1..943 to 0..942
+    assert items["raw_item_id"].cast(pl.Int32).to_list() == items["item_id"].to_list()
+    assert train["raw_user_id"].cast(pl.Int32).to_list() == [u + 1 for u in train["user_id"].to_list()]
+    toy = items.row(0, named=True)
+    assert toy["text"] == "Title: Toy Story. Release year: 1995. Class: Animation, Children's, Comedy"
+    assert toy["has_image"] and toy["image_path"] == str((ML / "posters" / "1.jpg").resolve())
+    assert set(items.filter(~pl.col("has_image"))["raw_item_id"]) == {str(i) for i in range(1, 1683)} - posters
+    # equal content (ML-100K lists some films twice under two ids) gives an equal hash, other content differs
+    content = [(t, Path(i).read_bytes() if i else None) for t, i in zip(items["text"], items["image_path"])]
+    assert items["content_hash"].n_unique() == len(set(content)) < 1_682
+    by_content = dict(zip(content, items["content_hash"]))
+    assert all(by_content[c] == h for c, h in zip(content, items["content_hash"]))
+
+    # chronological leave-one-out against the raw file: user 1's last interaction (ties by file line) is the test
+    per_user = defaultdict(list)
+    for line, (u, i, _, t) in enumerate(rows, start=2):
+        per_user[u].append((float(t), line, i))
+    want = {u: [i for _, _, i in sorted(v)] for u, v in per_user.items()}
+    got_test = dict(zip(test["raw_user_id"], test["target"].cast(pl.String)))
+    got_hist = dict(zip(test["raw_user_id"], test["history"].list.len()))
+    assert got_test == {u: s[-1] for u, s in want.items()}
+    assert got_hist == {u: len(s) - 1 for u, s in want.items()}
+    check_consistency(frames, stats)
+
+
+@pytest.mark.skipif(not AMAZON.exists(), reason="needs ../shared/datasets/amazon-scientific")
+def test_prepare_amazon_scientific_table(tmp_path):
+    p = PrepareParams(
+        source="table",
+        table={"interactions": str(AMAZON / "interactions.csv"), "items": str(AMAZON / "items.csv"),
+               "user_col": "user_id", "item_col": "item_id", "time_col": "position", "text_cols": ["text"],
+               "title_col": None},
+        k_core_user=5,
+    )  # fmt: skip
+    run_twice_identical(p, tmp_path)
+    frames, stats = reload(tmp_path)
+
+    # plain-Python reference: order by position (then file line), drop repeated items, keep users with >= 5
+    with open(AMAZON / "interactions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(AMAZON / "items.csv", newline="") as fh:
+        texts = {r["item_id"]: r["text"] for r in csv.DictReader(fh)}
+    assert len(rows) == 59_384 and len(texts) == 4_385
+    per_user = defaultdict(list)
+    for line, r in enumerate(rows, start=2):
+        per_user[r["user_id"]].append((float(r["position"]), line, r["item_id"]))
+    seqs = {}
+    for u, v in per_user.items():
+        seen, seq = set(), []
+        for _, _, i in sorted(v):
+            if i not in seen:
+                seen.add(i)
+                seq.append(i)
+        seqs[u] = seq
+    kept = {u: s for u, s in seqs.items() if len(s) >= 5}
+    n_dup = len(rows) - sum(map(len, seqs.values()))
+
+    rows_stats = stats["rows"]
+    assert rows_stats["input"] == 59_384
+    assert rows_stats["kept"] + sum(rows_stats["dropped"].values()) == 59_384
+    assert rows_stats["dropped"]["duplicate"] == n_dup and rows_stats["dropped"]["unknown_item"] == 0
+    assert rows_stats["kept"] == sum(map(len, kept.values()))
+    assert stats["users"] == len(kept)
+    assert stats["items"] == len({i for s in kept.values() for i in s})
+    assert stats["items_table_rows"] == 4_385
+    assert stats["items_without_interactions"] == 4_385 - stats["items"]
+    assert stats["images"]["items_with_image"] == 0 and stats["images"]["item_coverage"] == 0.0
+    assert stats["images"]["missing_by_reason_in_items_table"] == {"no_image": 4_385}
+
+    items, test = frames["items"], frames["test"]
+    id2raw = dict(zip(items["item_id"], items["raw_item_id"]))
+    histories = test["history"].to_list()
+    got = {u: [id2raw[i] for i in h + [t]] for u, h, t in zip(test["raw_user_id"], histories, test["target"])}
+    assert got == kept
+    assert items["raw_item_id"].to_list() == sorted(items["raw_item_id"].to_list())  # ASINs: string order
+    first = items.row(0, named=True)
+    assert first["title"] == first["raw_item_id"]  # no title column: the raw id
+    assert first["text"] == f"Title: {first['raw_item_id']}. Text: {texts[first['raw_item_id']].strip()}"
+    check_consistency(frames, stats)
