@@ -23,9 +23,11 @@ PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file")
 
 
 def _fail(err: Exception) -> None:
+    from rich.markup import escape
+
     from stages.common import console
 
-    console.print(f"[bold red]error[/]: {err}")
+    console.print(f"[bold red]error[/]: {escape(str(err))}")
     raise typer.Exit(1)
 
 

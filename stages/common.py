@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import polars as pl
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from molar_core.errors import ArtifactError, MolarError
 from molar_core.io import read_json
@@ -36,6 +40,16 @@ def read_stats(root: Path) -> dict:
     return read_json(path)
 
 
+@contextlib.contextmanager
+def epoch_progress(total: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar over epochs (early stopping may end it before `total`); yields advance(status)."""
+    columns = [TextColumn("[bold]epoch {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
+               TextColumn("{task.description}")]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("", total=total)
+        yield lambda status: bar.update(task, advance=1, description=status)
+
+
 def summary(stage: str, text: str) -> None:
     console.print(f"[bold green]{stage}[/]: {text}")
 
@@ -45,5 +59,5 @@ def run_main(fn) -> None:
     try:
         fn()
     except MolarError as err:
-        console.print(f"[bold red]error[/]: {err}")
+        console.print(f"[bold red]error[/]: {escape(str(err))}")
         sys.exit(1)

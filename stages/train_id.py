@@ -15,7 +15,7 @@ from molar_core.training import FitConfig, encode_users, fit, pick_device, ranki
 from molar_core.vectors import save_item_vectors, save_tensors, save_user_vectors
 from pipeline import paths
 from pipeline.params import ProtocolParams, TrainIdParams
-from stages.common import console, params_from_argv, read_prepared, read_stats, run_main, summary
+from stages.common import epoch_progress, params_from_argv, read_prepared, read_stats, run_main, summary
 
 MODEL = "sasrec"
 
@@ -46,14 +46,14 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
         users = encode_users(model.user_vectors, vh, p.max_len, device)
         return ranking_metrics(users, model.item_vectors().detach().float().cpu(), vh, vt, protocol.ks, mask)
 
-    def show(row: dict) -> None:
-        console.print(f"  epoch {row['epoch']:3d}  loss {row['loss']:.4f}  valid {protocol.early_stop_metric} "
-                      f"{row['valid_' + protocol.early_stop_metric]:.4f}  ({row['seconds']:.1f}s)")
-
-    result = fit(model, seqs, lambda b: sasrec_loss(model, b, p.loss, p.num_negatives, gen), validate,
-                 FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size, max_epochs=p.max_epochs,
-                           patience=p.patience, min_epochs=p.min_epochs, monitor=protocol.early_stop_metric),
-                 gen, progress=show)
+    metric = protocol.early_stop_metric
+    with epoch_progress(p.max_epochs) as advance:
+        result = fit(model, seqs, lambda b: sasrec_loss(model, b, p.loss, p.num_negatives, gen), validate,
+                     FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
+                               max_epochs=p.max_epochs, patience=p.patience, min_epochs=p.min_epochs,
+                               monitor=metric),
+                     gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
+                                                       f"{row['valid_' + metric]:.4f}"))
     model.eval()
     user_ids = torch.tensor(train["user_id"].to_list())
     splits = {"train": encode_users(model.user_vectors, train["items"].to_list(), p.max_len, device),

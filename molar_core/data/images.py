@@ -65,7 +65,11 @@ def attach_images(
         if not root.is_dir():
             raise DataError(cfg.dir, "image directory not found (prepare.images.dir)")
         for raw_id in items["item"].to_list():
-            name = cfg.pattern.format(item_id=raw_id)
+            try:
+                name = cfg.pattern.format(item_id=raw_id)
+            except (KeyError, IndexError, ValueError) as err:
+                raise DataError(cfg.dir, f"prepare.images.pattern {cfg.pattern!r} is invalid: use {{item_id}} "
+                                f"({type(err).__name__}: {err})") from None
             p = (root / name).resolve()
             if not p.is_relative_to(root):
                 raise DataError(str(root / name), f"image path of item {raw_id!r} escapes the image root {root}")

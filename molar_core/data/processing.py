@@ -115,7 +115,7 @@ def process(raw: RawDataset, cfg: ProcessConfig, items_with_images: pl.DataFrame
                                   >= pl.len().over("user").cast(pl.Int64) - cfg.max_seq_len))  # len is u32
 
     user_min = max(cfg.k_core_user, MIN_SEQUENCE)
-    n_users_before = inter["user"].n_unique()
+    n_users_before = raw.interactions["user"].n_unique()
     before = inter.height
     inter, rounds = k_core(inter, user_min, cfg.k_core_item)
     dropped["k_core"] = before - inter.height

