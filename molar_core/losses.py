@@ -24,3 +24,46 @@ def sampled_softmax_ce(hidden: torch.Tensor, item_vectors: torch.Tensor, targets
     neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
     logits = torch.cat([pos_logit, neg_logit], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=hidden.device))
+
+
+def cosine_info_nce(hidden: torch.Tensor, item_vectors: torch.Tensor, targets: torch.Tensor,
+                    logit_scale: torch.Tensor, num_negatives: int | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """HLLM/Molar's next-item InfoNCE: cosine similarity times a learnable scale (exp of `logit_scale`,
+    initialised to 1/0.07). With `num_negatives`, shared uniformly sampled negatives replace the full catalogue,
+    and negatives equal to a row's positive are masked."""
+    h = F.normalize(hidden, dim=-1)
+    scale = logit_scale.exp().clamp(max=100.0)
+    if num_negatives is None:
+        return F.cross_entropy(scale * h @ F.normalize(item_vectors, dim=-1).T, targets - 1)
+    n = item_vectors.shape[0]
+    neg = torch.randint(1, n + 1, (num_negatives,), generator=generator, device=hidden.device)
+    pos = (h * F.normalize(item_vectors[targets - 1], dim=-1)).sum(-1, keepdim=True)
+    negs = h @ F.normalize(item_vectors[neg - 1], dim=-1).T
+    negs = negs.masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    logits = scale * torch.cat([pos, negs], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=hidden.device))
+
+
+def bce_one_negative(hidden: torch.Tensor, item_vectors: torch.Tensor, targets: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """The paper's text: binary cross-entropy with one uniformly sampled negative per positive
+    (a negative that equals the positive is resampled once, then ignored)."""
+    n = item_vectors.shape[0]
+    neg = torch.randint(1, n + 1, targets.shape, generator=generator, device=hidden.device)
+    pos_logit = (hidden * item_vectors[targets - 1]).sum(-1)
+    neg_logit = (hidden * item_vectors[neg - 1]).sum(-1)
+    valid = (neg != targets).float()
+    loss_pos = F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
+    loss_neg = (F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction="none")
+                * valid).sum() / valid.sum().clamp(min=1)
+    return loss_pos + loss_neg
+
+
+def symmetric_info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    """Post-alignment: row i of `a` and row i of `b` describe the same user (or position); the other rows of
+    the batch are negatives. Cosine similarity over `tau`, both directions averaged."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = a @ b.T / tau
+    labels = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))

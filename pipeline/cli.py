@@ -40,6 +40,9 @@ def _stage(name: str, params: Path) -> None:
         elif name == "train_id":
             from stages import train_id
             train_id.run(p.train_id, p.protocol)
+        elif name == "embed":
+            from stages import embed
+            embed.run(p.embed)
         elif name == "index":
             from stages import index
             index.run(p.index)
@@ -60,6 +63,12 @@ def prepare(params: Path = PARAMS) -> None:
 def train_id(params: Path = PARAMS) -> None:
     """Train SASRec over item ids: artifacts/sasrec/."""
     _stage("train_id", params)
+
+
+@app.command()
+def embed(params: Path = PARAMS) -> None:
+    """Embed every item (incremental, resumable cache): artifacts/embeddings/."""
+    _stage("embed", params)
 
 
 @app.command()
@@ -138,6 +147,56 @@ def inspect_checkpoint(model: str = typer.Argument("sasrec"), root: Path = Path(
     except MolarError as err:
         _fail(err)
 
+
+@inspect_app.command("embeddings")
+def inspect_embeddings(title: str = typer.Option(None, help="nearest neighbours of the item whose title contains this"),
+                       k: int = typer.Option(10, help="neighbours to show"), root: Path = Path(".")) -> None:
+    """The embedding cache: manifest summary, coverage of items.parquet, an item's nearest neighbours (cosine)."""
+    import polars as pl
+    import torch
+    from rich.console import Console
+
+    from molar_core.store import lookup_vectors, open_manifest
+    from stages.common import read_prepared
+
+    out = Console()
+    store = root / paths.EMBEDDINGS
+    try:
+        m = open_manifest(store)
+        s = m.settings
+        out.print(f"[bold]{store}[/]: encoder {s.get('encoder')}, dim {m.dim}, pooling {s.get('pooling')}, "
+                  f"normalize {s.get('normalize')}, dtype {s.get('dtype')}, backend {s.get('backend')}")
+        out.print(f"settings_hash {m.settings_hash}, model fingerprint {str(s.get('model_fingerprint'))[:16]}...")
+        out.print(f"{len(m.shards)} shards, {m.stored:,} vectors stored "
+                  f"({sum(e.bytes for e in m.shards) / 1e6:.1f} MB)")
+        items = read_prepared(root, "items").sort("item_id")
+        vecs, found = lookup_vectors(store, items["content_hash"].to_list(), m)
+        n_found = int(found.sum())
+        out.print(f"coverage: {n_found:,} / {items.height:,} items of {paths.ITEMS} have a vector "
+                  f"({n_found / max(items.height, 1):.1%})" + ("" if n_found == items.height
+                                                               else "  (run `dvc repro embed`)"))
+        if title is None:
+            return
+        hits = items.filter(pl.col("title").str.to_lowercase().str.contains(title.lower(), literal=True))
+        if hits.height == 0:
+            raise MolarError(f"no item title contains {title!r}")
+        ids, titles = items["item_id"].to_list(), items["title"].to_list()
+        row = ids.index(int(hits["item_id"][0]))
+        if hits.height > 1:
+            out.print(f"{hits.height} titles match; using the first: {hits['title'][0]!r}")
+        if not bool(found[row]):
+            raise MolarError(f"item {hits['item_id'][0]} {hits['title'][0]!r} has no vector (run `dvc repro embed`)")
+        unit = torch.nn.functional.normalize(vecs, dim=1)
+        sims = unit @ unit[row]
+        sims[~found] = -float("inf")
+        sims[row] = -float("inf")
+        top = torch.topk(sims, min(k, int(found.sum()) - 1))
+        t = Table("rank", "item_id", "title", "cosine", title=f"nearest to {hits['title'][0]!r}")
+        for rank, (score, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
+            t.add_row(str(rank), str(ids[i]), titles[i], f"{score:.3f}")
+        out.print(t)
+    except MolarError as err:
+        _fail(err)
 
 def main() -> None:  # pragma: no cover
     app()

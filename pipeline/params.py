@@ -140,10 +140,47 @@ class EvaluateParams(Section):
     batch_size: int = Field(1024, ge=1)
 
 
+class EmbedParams(Section):
+    """Item encoder (stage embed): every item's text (+ image) -> one vector, cached by content hash."""
+
+    encoder: Literal["sentence", "mllm"] = "sentence"
+    model: str | None = None  # HF id or local dir; null = packaged all-MiniLM-L6-v2 (sentence) / Qwen2-VL-2B (mllm);
+    #                           "tiny" (mllm) = a tiny random Qwen2-VL built offline (from-scratch encoder)
+    revision: str | None = None  # HF revision (ids only); local dirs are identified by a fingerprint of their files
+    backend: Literal["transformers", "vllm"] = "transformers"
+    fallback_to_transformers: bool = False  # backend vllm unavailable: use transformers instead of failing
+    prompt: str = "Compress the text and image into embedding. Item information: {text}. Item Image: <image>"
+    prompt_text_only: str = "Compress the text into embedding. Item information: {text}."  # items without image
+    summary_token: str = "<|endoftext|>"  # appended after the chat turn; its hidden state is the item vector
+    pooling: Literal["last", "mean"] | None = None  # null: encoder default (mllm: last, sentence: mean)
+    normalize: bool | None = None  # L2-normalise vectors; null: encoder default (sentence: true, mllm: false)
+    max_pixels: int = Field(28 * 28, ge=28 * 28)  # image area after resizing; 784 = one visual token (public code)
+    max_image_pixels: int = Field(50_000_000, ge=1)  # larger source images are refused (decompression bombs)
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"  # auto: bf16 on GPU, fp32 on CPU
+    batch_size: int = Field(32, ge=1)
+    shard_size: int = Field(4096, ge=1)  # items per cache shard: the unit of resume after a crash
+    max_text_tokens: int = Field(256, ge=1)  # longer item texts are truncated (and counted)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = Field(0, ge=0)  # torch threads; 0 = torch's default
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EmbedParams":
+        if self.dtype == "float16" and self.device == "cpu":
+            raise ValueError("dtype float16 on the CPU is ~100x slower than float32: use float32, bfloat16 or auto")
+        if "{text}" not in self.prompt or self.prompt.count("<image>") != 1:
+            raise ValueError("prompt must contain {text} and exactly one <image>")
+        if "{text}" not in self.prompt_text_only or "<image>" in self.prompt_text_only:
+            raise ValueError("prompt_text_only must contain {text} and no <image>")
+        if self.encoder == "sentence" and self.model == "tiny":
+            raise ValueError("model 'tiny' is a Qwen2-VL: use it with encoder mllm")
+        return self
+
+
 class Params(Section):
     prepare: PrepareParams = PrepareParams()
     protocol: ProtocolParams = ProtocolParams()
     train_id: TrainIdParams = TrainIdParams()
+    embed: EmbedParams = EmbedParams()
     index: IndexParams = IndexParams()
     evaluate: EvaluateParams = EvaluateParams()
 

@@ -13,6 +13,7 @@ STATS = PREPARED / "stats.json"
 
 ARTIFACTS = Path("artifacts")
 INDEX_DIR = ARTIFACTS / "index"
+EMBEDDINGS = ARTIFACTS / "embeddings"  # embed: shard-*.safetensors + manifest.json (persist)
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
 

@@ -75,6 +75,7 @@ class ItemEncoder(ABC):
     dim: int
     counts: EncodeCounts
     backend_note: str | None = None  # set when the backend asked for is not the one used (and why)
+    last_image_used: list[bool]  # per item of the last encode call: was its image read
 
     @abstractmethod
     def settings(self) -> dict:
@@ -82,7 +83,9 @@ class ItemEncoder(ABC):
 
     @abstractmethod
     def encode(self, texts: list[str], image_paths: list[str | None]) -> torch.Tensor:
-        """(len(texts), dim) float32 on the CPU; image_paths[i] is None for a text-only item."""
+        """(len(texts), dim) float32 on the CPU; image_paths[i] is None for a text-only item.
+
+        Also sets `last_image_used` and adds to `counts`."""
 
     def runtime(self) -> dict:
         """Speed-only facts (device, dtype in use, threads): recorded, never hashed."""

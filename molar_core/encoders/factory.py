@@ -42,7 +42,15 @@ def build_encoder(cfg: EncoderConfig) -> ItemEncoder:
         cls = MllmEncoder
     else:
         raise EncoderError(f"embed.encoder: {cfg.encoder!r} is not one of sentence, mllm")
-    encoder = cls(cfg, model_dir, name, model_fingerprint(model_dir), choice.used)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would drown the stage's one-line summary
+    try:
+        encoder = cls(cfg, model_dir, name, model_fingerprint(model_dir), choice.used)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     encoder.backend_note = choice.note
     encoder._tmp_model_dir = keep  # a tiny model's directory lives as long as its encoder
     return encoder

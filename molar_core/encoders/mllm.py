@@ -12,8 +12,16 @@ from pathlib import Path
 
 import torch
 
-from molar_core.encoders.base import (EncodeCounts, EncoderConfig, EncoderError, ItemEncoder, dtype_name, pool,
-                                      resolve_device, resolve_dtype)
+from molar_core.encoders.base import (
+    EncodeCounts,
+    EncoderConfig,
+    EncoderError,
+    ItemEncoder,
+    dtype_name,
+    pool,
+    resolve_device,
+    resolve_dtype,
+)
 from molar_core.encoders.images import load_image
 
 CHAT = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{summary}"  # Qwen chat turn, no system prompt
@@ -81,9 +89,9 @@ class MllmEncoder(ItemEncoder):
         if cfg.max_pixels < self.factor * self.factor:
             raise EncoderError(f"embed.max_pixels ({cfg.max_pixels}) is below one visual token "
                                f"({self.factor}x{self.factor} = {self.factor ** 2} px)")
-        ip_args = dict(max_pixels=cfg.max_pixels, min_pixels=self.min_pixels, patch_size=int(vis_cfg.patch_size),
-                       merge_size=int(vis_cfg.spatial_merge_size),
-                       temporal_patch_size=int(getattr(vis_cfg, "temporal_patch_size", 2)))
+        ip_args = {"max_pixels": cfg.max_pixels, "min_pixels": self.min_pixels, "patch_size": int(vis_cfg.patch_size),
+                   "merge_size": int(vis_cfg.spatial_merge_size),
+                   "temporal_patch_size": int(getattr(vis_cfg, "temporal_patch_size", 2))}
         if (model_dir / "preprocessor_config.json").exists():
             image_processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir, **ip_args)
         else:
@@ -168,6 +176,7 @@ class MllmEncoder(ItemEncoder):
                     self.counts.image_converted[got.converted_from] += 1
             images.append(im)
         self.counts.items += len(texts)
+        self.last_image_used = [im is not None for im in images]
         clean = self._truncate([self._clean(t) for t in texts])
         prompts = [self._render(t, im is not None) for t, im in zip(clean, images)]
         # similar lengths share a batch (less padding); image items together

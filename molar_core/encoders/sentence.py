@@ -10,8 +10,16 @@ from pathlib import Path
 
 import torch
 
-from molar_core.encoders.base import (EncodeCounts, EncoderConfig, EncoderError, ItemEncoder, dtype_name, pool,
-                                      resolve_device, resolve_dtype)
+from molar_core.encoders.base import (
+    EncodeCounts,
+    EncoderConfig,
+    EncoderError,
+    ItemEncoder,
+    dtype_name,
+    pool,
+    resolve_device,
+    resolve_dtype,
+)
 
 
 def default_model_dir() -> Path:
@@ -67,6 +75,7 @@ class SentenceEncoder(ItemEncoder):
             raise ValueError("texts and image_paths differ in length")
         self.counts.items += len(texts)
         self.counts.text_only += len(texts)
+        self.last_image_used = [False] * len(texts)
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
         self.counts.truncated += sum(n > self.max_tokens for n in lengths)
         order = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)  # less padding per batch

@@ -1,0 +1,68 @@
+"""The content user model ("DUEG" in the paper, small-transformer variant): frozen cached item vectors pass
+through a trainable adapter, and a causal transformer reads the user's history of adapted vectors.
+
+The adapter lets the frozen encoder's space be reshaped for recommendation; the same adapted vectors score
+items at inference, so the FAISS index is built over them. `hybrid` adds a learnable item-id embedding to the
+adapted vector (beyond the paper), combining content with collaborative identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from molar_core.models.causal_transformer import CausalTransformer
+
+
+@dataclass
+class ContentConfig:
+    num_items: int
+    input_dim: int  # width of the cached item vectors
+    max_len: int = 50
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2
+    adapter_hidden: int = 256
+    hybrid: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ContentUserModel(nn.Module):
+    def __init__(self, cfg: ContentConfig, item_features: torch.Tensor):
+        super().__init__()
+        if item_features.shape != (cfg.num_items, cfg.input_dim):
+            raise ValueError(f"item_features shape {tuple(item_features.shape)} != ({cfg.num_items}, {cfg.input_dim})")
+        self.cfg = cfg
+        feats = torch.cat([torch.zeros(1, cfg.input_dim), item_features.float()])
+        self.register_buffer("features", feats, persistent=False)
+        self.adapter = nn.Sequential(nn.LayerNorm(cfg.input_dim), nn.Linear(cfg.input_dim, cfg.adapter_hidden),
+                                     nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.adapter_hidden, cfg.dim))
+        self.id_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0) if cfg.hybrid else None
+        if self.id_emb is not None:
+            nn.init.normal_(self.id_emb.weight, std=0.02)
+            with torch.no_grad():
+                self.id_emb.weight[0].zero_()
+        self.encoder = CausalTransformer(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
+
+    def item_table(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Adapted vectors of the given item ids (all items 1..N when None)."""
+        if ids is None:
+            ids = torch.arange(1, self.cfg.num_items + 1, device=self.features.device)
+        x = self.adapter(self.features[ids])
+        if self.id_emb is not None:
+            x = x + self.id_emb(ids)
+        return x * (ids > 0).unsqueeze(-1)
+
+    def hidden(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.item_table(seq), seq > 0)
+
+    def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.hidden(seq)[:, -1]
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_table()

@@ -1,0 +1,113 @@
+"""Molar: the content user model trained for next-item prediction plus post-alignment of its user vectors
+with an ID-based user model (SASRec).
+
+L = L_rec + alpha * L_align. L_align is a symmetric InfoNCE between the content user vector (through an optional
+linear head into the ID model's width) and the ID user vector of the same sequence prefix; the other rows of the
+batch are negatives. The ID model is frozen by default (pre-trained in `train_id`); `joint` trains it too, with
+its own cross-entropy added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from molar_core.data.sequences import next_item_pairs
+from molar_core.losses import bce_one_negative, cosine_info_nce, full_softmax_ce, symmetric_info_nce
+from molar_core.models.content import ContentUserModel
+from molar_core.models.sasrec import SASRec
+
+
+@dataclass
+class MolarLossConfig:
+    rec_loss: str = "infonce"  # infonce (cosine, learnable temperature) | bce (one negative) | ce (dot product)
+    num_negatives: int | None = None  # None: every item is a negative (full catalogue)
+    temperature: float = 0.07  # initial InfoNCE temperature (learnable)
+    align_alpha: float = 0.0
+    align_tau: float = 0.2
+    align_positions: str = "last"  # last: one user vector per sequence; all: every real position
+    align_head: bool = True  # linear head from the content width to the ID width
+    align_max_rows: int = 2048  # bound on the B x B alignment matrix for `all`
+    joint: bool = False  # train the ID model too (with its own CE) instead of freezing it
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Molar(nn.Module):
+    def __init__(self, content: ContentUserModel, loss: MolarLossConfig, id_model: SASRec | None = None):
+        super().__init__()
+        self.content = content
+        self.loss_cfg = loss
+        self.logit_scale = nn.Parameter(torch.tensor(1.0 / loss.temperature).log())
+        if loss.align_alpha > 0 and id_model is None:
+            raise ValueError("align_alpha > 0 needs the ID model (artifacts of train_id)")
+        self.id_model = id_model
+        if id_model is not None and not loss.joint:
+            for p in id_model.parameters():
+                p.requires_grad_(False)
+        id_dim = id_model.cfg.dim if id_model is not None else content.cfg.dim
+        self.head = nn.Linear(content.cfg.dim, id_dim) if loss.align_head and id_model is not None else None
+        if self.head is None and id_model is not None and id_dim != content.cfg.dim:
+            raise ValueError(f"content dim {content.cfg.dim} != ID dim {id_dim}: enable align_head")
+
+    def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.content.user_vectors(seq)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.content.item_vectors()
+
+    def score_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vectors whose inner product is the ranking score (normalised for the cosine losses)."""
+        if self.loss_cfg.rec_loss == "infonce":
+            return nn.functional.normalize(users, dim=-1), nn.functional.normalize(items, dim=-1)
+        return users, items
+
+    def loss(self, seqs: list[list[int]], generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        cfg = self.loss_cfg
+        device = self.logit_scale.device
+        inputs, targets = next_item_pairs(seqs, self.content.cfg.max_len)
+        inputs, targets = inputs.to(device), targets.to(device)
+        h = self.content.hidden(inputs)
+        real = targets > 0
+        hr, t = h[real], targets[real]
+        items = self.content.item_vectors()
+        if cfg.rec_loss == "infonce":
+            rec = cosine_info_nce(hr, items, t, self.logit_scale, cfg.num_negatives, generator)
+        elif cfg.rec_loss == "bce":
+            rec = bce_one_negative(hr, items, t, generator)
+        else:
+            rec = full_softmax_ce(hr, items, t)
+        parts = {"rec": float(rec.detach())}
+        total = rec
+        if self.id_model is not None and (cfg.align_alpha > 0 or cfg.joint):
+            id_in = inputs[:, -self.id_model.cfg.max_len:]
+            if cfg.joint:
+                self.id_model.train()
+                hid = self.id_model.hidden(id_in)
+                id_rec = full_softmax_ce(hid[real[:, -id_in.shape[1]:]], self.id_model.item_vectors(),
+                                         targets[:, -id_in.shape[1]:][real[:, -id_in.shape[1]:]])
+                total = total + id_rec
+                parts["id_rec"] = float(id_rec.detach())
+            else:
+                self.id_model.eval()
+                with torch.no_grad():
+                    hid = self.id_model.hidden(id_in)
+            if cfg.align_alpha > 0:
+                if cfg.align_positions == "last":
+                    a, b = h[:, -1], hid[:, -1]
+                else:
+                    keep = real[:, -id_in.shape[1]:]
+                    a, b = h[:, -id_in.shape[1]:][keep], hid[keep]
+                    if len(a) > cfg.align_max_rows:
+                        idx = torch.randperm(len(a), generator=generator)[: cfg.align_max_rows].to(device)
+                        a, b = a[idx], b[idx]
+                if self.head is not None:
+                    a = self.head(a)
+                align = symmetric_info_nce(a, b, cfg.align_tau)
+                total = total + cfg.align_alpha * align
+                parts["align"] = float(align.detach())
+        parts["loss"] = float(total.detach())
+        return total, parts

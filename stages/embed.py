@@ -1,0 +1,73 @@
+"""DVC stage `embed`: items.parquet -> artifacts/embeddings/ (shards + manifest.json), incremental and resumable.
+
+Only items whose content hash has no vector under the same encoder settings are encoded; a killed run resumes
+from its last flushed shard. Run statistics (counts, timings) go to metrics/embed.json, not into the cache, so an
+unchanged cache stays byte-identical.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import polars as pl
+
+from molar_core.encoders import EncoderConfig, build_encoder
+from molar_core.io import runtime_info, write_json_atomic
+from molar_core.store import update_embeddings
+from pipeline import paths
+from pipeline.params import EmbedParams
+from stages.common import console, params_from_argv, read_prepared, run_main, summary
+
+METRICS = paths.METRICS_DIR / "embed.json"
+PAUSE_ENV = "MOLAR_EMBED_PAUSE_AFTER_SHARD"  # test-only hook: seconds to sleep after each flushed shard
+
+
+def encoder_config(p: EmbedParams) -> EncoderConfig:
+    return EncoderConfig(**{k: v for k, v in p.model_dump().items() if k != "shard_size"})
+
+
+def _resolve_images(items: pl.DataFrame, root: Path) -> pl.DataFrame:
+    """Relative image paths are relative to the project root (prepare writes absolute ones)."""
+    fixed = [p if p is None or Path(p).is_absolute() else str(root / p) for p in items["image_path"].to_list()]
+    return items.with_columns(pl.Series("image_path", fixed, dtype=pl.String))
+
+
+def run(p: EmbedParams, root: Path = Path(".")) -> dict:
+    items = _resolve_images(read_prepared(root, "items"), root)
+    t0 = time.perf_counter()
+    encoder = build_encoder(encoder_config(p))
+    load_s = time.perf_counter() - t0
+    if encoder.backend_note:
+        console.print(f"embed: {encoder.backend_note}", markup=False, highlight=False)
+    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    report = update_embeddings(root / paths.EMBEDDINGS, items, encoder, p.shard_size, runtime=runtime_info(),
+                               log=lambda msg: console.print(f"embed: {msg}", markup=False, highlight=False),
+                               after_flush=(lambda entry: time.sleep(pause)) if pause > 0 else None)
+    c = report.counts
+    rejected = sum(c["image_rejected"].values())
+    metrics = {"items": report.items, "embedded": report.embedded, "reused": report.reused,
+               "unique_contents": report.unique, "items_per_s": report.items_per_s, "encode_s": report.seconds,
+               "model_load_s": load_s, "shards_written": report.shards_written, "shards_kept": report.shards_kept,
+               "shards_dropped_corrupt": report.shards_dropped, "shards_pruned": report.shards_pruned,
+               "fresh_cache_reason": report.fresh_reason, "settings_hash": report.settings_hash,
+               "encode_counts": c, "encoder_runtime": encoder.runtime(), "backend_note": encoder.backend_note,
+               "params": p.model_dump()}
+    write_json_atomic(root / METRICS, metrics)
+    images = ("encoder reads no images" if encoder.name == "sentence"
+              else f"{c['image_used']:,} with image, {rejected:,} unusable images" + (
+                  f" ({', '.join(f'{k} {v}' for k, v in c['image_rejected'].items())})" if rejected else ""))
+    summary("embed", f"{report.items:,} items ({report.unique:,} distinct contents): {report.embedded:,} embedded, "
+            f"{report.reused:,} reused; {c['items']:,} contents encoded, text-only {c['text_only'] + rejected:,} "
+            f"({images}), truncated {c['truncated']:,}; {report.items_per_s:,.0f} items/s; shards: "
+            f"{len(report.shards_written)} written, {report.shards_kept} kept; settings {report.settings_hash[:12]}")
+    return metrics
+
+
+def main() -> None:
+    run(params_from_argv().embed)
+
+
+if __name__ == "__main__":
+    run_main(main)
