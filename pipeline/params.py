@@ -17,6 +17,10 @@ from molar_core.errors import MolarError
 GROUPLENS_ML100K = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 
 
+class ParamsError(MolarError):
+    """params.yaml is invalid: the message names every bad key by its dotted path."""
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -127,6 +131,54 @@ class TrainIdParams(Section):
         return self
 
 
+class TrainParams(Section):
+    """The content user model over cached item vectors, with post-alignment to SASRec (the `train` stage).
+
+    The models the stage trains are named in the `train_variants` section, each a set of overrides of these
+    keys (e.g. content: {align_alpha: 0}); each is written to artifacts/<name>/.
+    """
+
+    seed: int = 0
+    max_len: int = Field(50, ge=1)
+    dim: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    adapter_hidden: int = Field(256, ge=1)
+    hybrid: bool = False  # add a learnable item-id embedding to the adapted content vector
+    rec_loss: Literal["infonce", "bce", "ce"] = "infonce"
+    num_negatives: int | None = Field(None, ge=1)  # null: the whole catalogue is negatives
+    temperature: float = Field(0.07, gt=0.0)
+    align_alpha: float = Field(0.0, ge=0.0)
+    align_tau: float = Field(0.2, gt=0.0)
+    align_positions: Literal["last", "all"] = "last"
+    align_head: bool = True
+    joint: bool = False  # train SASRec jointly instead of keeping it frozen
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(128, ge=1)
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(15, ge=1)
+    min_epochs: int = Field(1, ge=1)
+    threads: int = Field(0, ge=0)
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> "TrainParams":
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        return self
+
+    def with_overrides(self, name: str, over: dict) -> "TrainParams":
+        """The settings of variant `name`: these keys with its overrides applied (errors name the variant)."""
+        try:
+            return TrainParams.model_validate({**self.model_dump(), **over})
+        except ValidationError as err:
+            e = err.errors()[0]
+            key = ".".join(str(x) for x in e["loc"])
+            raise ValueError(f"train_variants.{name}.{key}: {e['msg']} (got {e.get('input')!r})") from None
+
+
 class IndexParams(Section):
     factory: str = "Flat"  # FAISS index factory string; inner product metric
     use_gpu: Literal["auto", "never", "always"] = "auto"
@@ -180,25 +232,44 @@ class Params(Section):
     prepare: PrepareParams = PrepareParams()
     protocol: ProtocolParams = ProtocolParams()
     train_id: TrainIdParams = TrainIdParams()
+    train: TrainParams = TrainParams()
+    train_variants: dict[str, dict] = {"molar": {}}
     embed: EmbedParams = EmbedParams()
     index: IndexParams = IndexParams()
     evaluate: EvaluateParams = EvaluateParams()
 
+    @model_validator(mode="after")
+    def _check_variants(self) -> "Params":
+        for name, over in self.train_variants.items():
+            if not name.isidentifier() or name in ("sasrec", "index", "embeddings"):
+                raise ValueError(f"train_variants: name {name!r} must be an identifier other than "
+                                 "sasrec, index, embeddings")
+            if not isinstance(over, dict):
+                raise ValueError(f"train_variants.{name} must be a mapping of train keys")
+            unknown = set(over) - set(TrainParams.model_fields)
+            if unknown:
+                raise ValueError(f"train_variants.{name}.{sorted(unknown)[0]}: unknown key")
+            self.train.with_overrides(name, over)
+        return self
 
-class ParamsError(MolarError):
-    """params.yaml is invalid: the message names every bad key by its dotted path."""
+    def train_variant(self, name: str) -> TrainParams:
+        if name not in self.train_variants:
+            raise ParamsError(f"train_variants has no {name!r} (have {', '.join(self.train_variants)})")
+        return self.train.with_overrides(name, self.train_variants[name])
 
 
 def _format(err: ValidationError, path: str) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
+        key = ".".join(str(p) for p in e["loc"])
+        if not key:  # a check across keys: its message names them
+            lines.append(e["msg"].removeprefix("Value error, "))
+        elif e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{key}: {e['msg']}{got_s}")
+            lines.append(f"{key}: {e['msg'].removeprefix('Value error, ')}{got_s}")
     return f"{path}: invalid params\n  " + "\n  ".join(lines)
 
 

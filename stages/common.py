@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from molar_core.errors import ArtifactError, MolarError
-from molar_core.io import read_json
+from molar_core.io import read_json, write_bytes_atomic
 from pipeline import paths
 from pipeline.params import Params, load_params
 
@@ -48,6 +50,15 @@ def epoch_progress(total: int) -> Iterator[Callable[[str], None]]:
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("", total=total)
         yield lambda status: bar.update(task, advance=1, description=status)
+
+
+def write_curve(path: Path, curve: list[dict]) -> None:
+    """Training curve (one row per epoch) as CSV, the format `dvc plots` reads."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(curve[0].keys()))
+    writer.writeheader()
+    writer.writerows(curve)
+    write_bytes_atomic(path, buf.getvalue().encode())
 
 
 def summary(stage: str, text: str) -> None:

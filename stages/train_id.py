@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import torch
 
 from molar_core.data.sequences import training_windows
-from molar_core.io import atomic_dir, runtime_info, write_bytes_atomic, write_json_atomic
+from molar_core.io import atomic_dir, runtime_info, write_json_atomic
 from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
 from molar_core.training import FitConfig, encode_users, fit, pick_device, ranking_metrics, seed_everything
 from molar_core.vectors import save_item_vectors, save_tensors, save_user_vectors
 from pipeline import paths
 from pipeline.params import ProtocolParams, TrainIdParams
-from stages.common import epoch_progress, params_from_argv, read_prepared, read_stats, run_main, summary
+from stages.common import epoch_progress, write_curve, params_from_argv, read_prepared, read_stats, run_main, summary
 
 MODEL = "sasrec"
-
-
-def write_curve(path: Path, curve: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(curve[0].keys()))
-    writer.writeheader()
-    writer.writerows(curve)
-    write_bytes_atomic(path, buf.getvalue().encode())
 
 
 def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> dict:

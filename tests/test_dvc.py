@@ -41,6 +41,7 @@ def test_dvc_repro_noop_and_exp_run(tmp_path):
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["prepare"].update({"source": "recbole_atomic", "path": str(data)})
     params["train_id"].update({"max_epochs": 2, "dim": 16, "max_len": 20})
+    params["train"].update({"max_epochs": 2, "dim": 16, "max_len": 20, "adapter_hidden": 32})
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (work / ".gitignore").write_text((ROOT / ".gitignore").read_text())
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -52,7 +53,7 @@ def test_dvc_repro_noop_and_exp_run(tmp_path):
     _run(["git", "commit", "-qm", "init"], work, env)
 
     first = _run([*dvc, "repro"], work, env)
-    for stage in ("prepare", "train_id", "index", "evaluate"):
+    for stage in ("prepare", "train_id", "embed", "train@content", "train@molar", "index", "evaluate"):
         assert f"Running stage '{stage}'" in first
     assert (work / "metrics/metrics.json").exists()
     _run(["git", "add", "-A"], work, env)
@@ -62,12 +63,15 @@ def test_dvc_repro_noop_and_exp_run(tmp_path):
     assert "Running stage" not in second and "up to date" in second
 
     shown = _run([*dvc, "metrics", "show"], work, env)
-    assert "sasrec.test.ndcg@10" in shown
+    assert "sasrec.test.ndcg@10" in shown and "molar.test.ndcg@10" in shown
     _run([*dvc, "plots", "show", "-o", str(tmp_path / "plots_html")], work, env)
     assert (tmp_path / "plots_html" / "index.html").exists()
 
     exp = _run([*dvc, "exp", "run", "-S", "train_id.lr=0.005"], work, env)
-    assert "Running stage 'prepare'" not in exp
+    assert "Running stage 'prepare'" not in exp and "Running stage 'embed'" not in exp
     assert "Running stage 'train_id'" in exp and "Running stage 'evaluate'" in exp
+    exp2 = _run([*dvc, "exp", "run", "-S", "train_variants.molar.align_alpha=0.1"], work, env)
+    assert "Running stage 'train@molar'" in exp2
+    assert "Running stage 'train@content'" not in exp2 and "Running stage 'train_id'" not in exp2
     diff = _run([*dvc, "params", "diff"], work, env)
     assert "train_id.lr" in diff

@@ -69,3 +69,27 @@ def sasrec_loss(model: SASRec, seqs: list[list[int]], loss: str = "ce", num_nega
     else:
         value = sampled_softmax_ce(h, model.item_vectors(), t, num_negatives, generator)
     return value, {"loss": float(value.detach())}
+
+
+def load_sasrec(directory, rebuild: str = "dvc repro train_id") -> SASRec:
+    """Load a SASRec checkpoint directory written by train_id (config.json + model.safetensors)."""
+    import json
+    from pathlib import Path
+
+    from molar_core.errors import ArtifactError
+    from molar_core.vectors import load_tensors
+
+    directory = Path(directory)
+    cfg_path = directory / "config.json"
+    if not cfg_path.exists():
+        raise ArtifactError(str(cfg_path), "not found", rebuild)
+    conf = json.loads(cfg_path.read_text())
+    if conf.get("model") != "sasrec":
+        raise ArtifactError(str(cfg_path), f"is a {conf.get('model')!r} checkpoint, not sasrec", rebuild)
+    model = SASRec(SASRecConfig(**conf["config"]))
+    state = load_tensors(directory / "model.safetensors", rebuild)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(str(directory / "model.safetensors"), f"incompatible checkpoint (missing {missing}, "
+                            f"unexpected {unexpected})", rebuild)
+    return model.eval()

@@ -1,0 +1,101 @@
+"""DVC stage `train`: the content user model over cached item vectors, with post-alignment to SASRec.
+
+`python -m stages.train NAME` trains variant NAME of `train.variants` into artifacts/NAME/ (same file contract
+as SASRec's: model, config, item and user vectors), so `index` and `evaluate` treat it like any model.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from molar_core.data.sequences import training_windows
+from molar_core.errors import ArtifactError
+from molar_core.io import atomic_dir, runtime_info, write_json_atomic
+from molar_core.models.content import ContentConfig, ContentUserModel
+from molar_core.models.molar import Molar, MolarLossConfig
+from molar_core.models.sasrec import load_sasrec
+from molar_core.store import load_item_embeddings
+from molar_core.training import FitConfig, encode_users, fit, pick_device, ranking_metrics, seed_everything
+from molar_core.vectors import save_item_vectors, save_tensors, save_user_vectors
+from pipeline import paths
+from pipeline.params import ProtocolParams, TrainParams, load_params
+from stages.common import epoch_progress, read_prepared, read_stats, run_main, summary, write_curve
+
+
+def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path(".")) -> dict:
+    stats = read_stats(root)
+    items = read_prepared(root, "items")
+    train, valid, test = (read_prepared(root, s) for s in ("train", "valid", "test"))
+    ids, feats = load_item_embeddings(root / paths.EMBEDDINGS, items)
+    if not torch.equal(ids.to(torch.int64), torch.arange(1, stats["items"] + 1)):
+        raise ArtifactError(str(root / paths.EMBEDDINGS), "item ids do not match data/prepared", "dvc repro embed")
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    gen = seed_everything(p.seed)
+    device = pick_device(p.device)
+    ccfg = ContentConfig(num_items=stats["items"], input_dim=feats.shape[1], max_len=p.max_len, dim=p.dim,
+                         layers=p.layers, heads=p.heads, dropout=p.dropout, adapter_hidden=p.adapter_hidden,
+                         hybrid=p.hybrid)
+    lcfg = MolarLossConfig(rec_loss=p.rec_loss, num_negatives=p.num_negatives, temperature=p.temperature,
+                           align_alpha=p.align_alpha, align_tau=p.align_tau, align_positions=p.align_positions,
+                           align_head=p.align_head, joint=p.joint)
+    id_model = load_sasrec(root / paths.model_dir("sasrec")) if (p.align_alpha > 0 or p.joint) else None
+    model = Molar(ContentUserModel(ccfg, feats), lcfg, id_model).to(device)
+    seqs = training_windows(train["items"].to_list(), p.max_len)
+    vh, vt = valid["history"].to_list(), valid["target"].to_list()
+    mask = protocol.masking == "history"
+
+    def vectors(histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        users = encode_users(model.user_vectors, histories, p.max_len, device)
+        return model.score_vectors(users, model.item_vectors().detach().float().cpu())
+
+    metric = protocol.early_stop_metric
+    with epoch_progress(p.max_epochs) as advance:
+        result = fit(model, seqs, lambda b: model.loss(b, gen),
+                     lambda: ranking_metrics(*vectors(vh), vh, vt, protocol.ks, mask),
+                     FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
+                               max_epochs=p.max_epochs, patience=p.patience, min_epochs=p.min_epochs, monitor=metric),
+                     gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
+                                                       f"{row['valid_' + metric]:.4f}"))
+    model.eval()
+    user_ids = torch.tensor(train["user_id"].to_list())
+    splits = {}
+    for split, hist in (("train", train["items"].to_list()), ("valid", vh), ("test", test["history"].to_list())):
+        users, item_vecs = vectors(hist)
+        splits[split] = users
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("id_model.") or p.joint}
+    meta = {"model": name, "num_items": str(stats["items"])}
+    config = {"model": name, "kind": "molar", "content_config": ccfg.to_dict(), "loss_config": lcfg.to_dict(),
+              "params": p.model_dump(), "protocol": protocol.model_dump(),
+              "item_features": {"store": str(paths.EMBEDDINGS), "dim": int(feats.shape[1])},
+              "id_model": str(paths.model_dir("sasrec")) if id_model is not None else None,
+              "scoring": "cosine (user and item vectors saved L2-normalised)" if p.rec_loss == "infonce" else "dot",
+              "best_epoch": result.best_epoch, "epochs_run": len(result.curve), "valid": result.best_metrics,
+              "train_seconds": result.seconds, "runtime": runtime_info(p.seed)}
+    with atomic_dir(root / paths.model_dir(name)) as out:
+        save_tensors(out / "model.safetensors", state, meta)
+        save_item_vectors(out / "item_vectors.safetensors", item_vecs, meta)
+        save_user_vectors(out / "user_vectors.safetensors", user_ids, splits, meta)
+        write_json_atomic(out / "config.json", config)
+    write_curve(root / paths.PLOTS_DIR / "train" / f"{name}.csv", result.curve)
+    write_json_atomic(root / paths.METRICS_DIR / f"train_{name}.json",
+                      {"best_epoch": result.best_epoch, "valid": result.best_metrics,
+                       "train_seconds": round(result.seconds, 1)})
+    summary("train", f"{name}: best epoch {result.best_epoch}/{len(result.curve)}, valid {metric} "
+            f"{result.best_metrics[metric]:.4f}, {result.seconds:.0f}s on {device}")
+    return config
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if not args:
+        raise SystemExit("usage: python -m stages.train VARIANT [params.yaml]")
+    params = load_params(args[1] if len(args) > 1 else "params.yaml")
+    run(args[0], params.train_variant(args[0]), params.protocol)
+
+
+if __name__ == "__main__":
+    run_main(main)
