@@ -104,46 +104,47 @@ class ProtocolParams(Section):
         return sorted(set(ks))
 
 
-class TrainIdParams(Section):
-    """SASRec (strong variant: full cross-entropy at every position)."""
+class UserModelParams(Section):
+    """What every trained user model shares: its transformer, optimiser, early stopping and seed."""
 
     seed: int = 0
-    max_len: int = Field(200, ge=1)
+    max_len: int = Field(50, ge=1)  # history positions the model reads (longer histories: the most recent)
     dim: int = Field(64, ge=1)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    loss: Literal["ce", "sampled_softmax"] = "ce"
-    num_negatives: int = Field(256, ge=1)  # for sampled_softmax
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     batch_size: int = Field(128, ge=1)
     max_epochs: int = Field(200, ge=1)
-    patience: int = Field(10, ge=1)  # epochs without validation improvement before stopping
+    patience: int = Field(15, ge=1)  # epochs without validation improvement before stopping
     min_epochs: int = Field(1, ge=1)
     threads: int = Field(0, ge=0)  # torch threads; 0 = torch's default
     device: str = "auto"  # auto | cpu | cuda
 
     @model_validator(mode="after")
-    def _heads_divide_dim(self) -> "TrainIdParams":
+    def _heads_divide_dim(self) -> "UserModelParams":
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         return self
 
 
-class TrainParams(Section):
+class TrainIdParams(UserModelParams):
+    """SASRec (strong variant: full cross-entropy at every position)."""
+
+    loss: Literal["ce", "sampled_softmax"] = "ce"
+    num_negatives: int = Field(256, ge=1)  # for sampled_softmax
+    lr: float = Field(2e-3, gt=0.0)
+    patience: int = Field(10, ge=1)
+
+
+class TrainParams(UserModelParams):
     """The content user model over cached item vectors, with post-alignment to SASRec (the `train` stage).
 
     The models the stage trains are named in the `train_variants` section, each a set of overrides of these
     keys (e.g. content: {align_alpha: 0}); each is written to artifacts/<name>/.
     """
 
-    seed: int = 0
-    max_len: int = Field(50, ge=1)
-    dim: int = Field(64, ge=1)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(2, ge=1)
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
     adapter_hidden: int = Field(256, ge=1)
     hybrid: bool = False  # add a learnable item-id embedding to the adapted content vector
     rec_loss: Literal["infonce", "bce", "ce"] = "infonce"
@@ -154,20 +155,6 @@ class TrainParams(Section):
     align_positions: Literal["last", "all"] = "last"
     align_head: bool = True
     joint: bool = False  # train SASRec jointly instead of keeping it frozen
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    batch_size: int = Field(128, ge=1)
-    max_epochs: int = Field(200, ge=1)
-    patience: int = Field(15, ge=1)
-    min_epochs: int = Field(1, ge=1)
-    threads: int = Field(0, ge=0)
-    device: str = "auto"
-
-    @model_validator(mode="after")
-    def _heads_divide_dim(self) -> "TrainParams":
-        if self.dim % self.heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        return self
 
     def with_overrides(self, name: str, over: dict) -> "TrainParams":
         """The settings of variant `name`: these keys with its overrides applied (errors name the variant)."""
