@@ -1,27 +1,47 @@
-"""Wall time of each stage of the default pipeline and the metrics it reaches, over seeds.
+"""The default pipeline over several seeds: wall time of each stage and every model's test metrics.
 
-    python bench/pipeline.py [--params params.yaml] [--data DIR] [--seeds 0 1 2]
+    python bench/pipeline.py [--params params.yaml] [--data DIR] [--seeds 0 1 2] [--sasrec-only]
 
-Runs the real stages in a temporary workspace; `--data` points prepare at a local ML-100K copy
-(otherwise the stage acquires it as in `dvc repro`). Prints a markdown table: per-seed stage times and test
-metrics, and the mean with a 95% interval over seeds (t-distribution) and over users (bootstrap).
+Runs the real stages in one temporary workspace per seed (prepare and embed once: they do not depend on the
+seed). `--data` points prepare at a local ML-100K copy (RecBole atomic layout); otherwise the stage acquires it
+as `dvc repro` does. Prints markdown tables: per seed, stage times and test NDCG@10; per model, the mean over
+seeds with a 95% t-interval, and the difference to SASRec (mean over seeds of the per-user paired difference,
+with the seeds' t-interval and the pooled paired-bootstrap interval over users).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import polars as pl
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from molar_core.metrics import paired_bootstrap  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from stages import evaluate, index, prepare, train_id  # noqa: E402
+from stages import embed, evaluate, index, prepare, train, train_id  # noqa: E402
 
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
+def t_interval(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.4f}"
+    half = T95.get(len(values) - 1, 2.0) * statistics.stdev(values) / len(values) ** 0.5
+    return f"{statistics.mean(values):.4f} ± {half:.4f}"
+
+
+def timed(fn, *args):
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t
 
 
 def main() -> None:
@@ -29,46 +49,60 @@ def main() -> None:
     ap.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
     ap.add_argument("--data", default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--masking", default=None)
+    ap.add_argument("--sasrec-only", action="store_true")
     args = ap.parse_args()
-    rows = []
+    base = load_params(args.params)
+    variants = [] if args.sasrec_only else list(base.train_variants)
+    models = ["sasrec", *variants]
+    over: dict = {"index": {"models": models}, "evaluate": {"models": models}}
+    if args.data:
+        over["prepare"] = {"source": "recbole_atomic", "path": args.data}
+    shared = Path(tempfile.mkdtemp(prefix="molar-bench-shared-"))
+    p = load_params(args.params, overrides=over)
+    _, t_prepare = timed(prepare.run, p.prepare, shared)
+    t_embed = 0.0
+    if variants:
+        _, t_embed = timed(embed.run, p.embed, shared)
+    rows, per_user = [], {}
     for seed in args.seeds:
-        over: dict = {"train_id": {"seed": seed}}
-        if args.data:
-            over["prepare"] = {"source": "recbole_atomic", "path": args.data}
-        if args.masking:
-            over["protocol"] = {"masking": args.masking}
-        p = load_params(args.params, overrides=over)
-        root = Path(tempfile.mkdtemp(prefix="molar-bench-"))
+        p = load_params(args.params, overrides={**over, "train_id": {"seed": seed}, "train": {"seed": seed}})
+        root = Path(tempfile.mkdtemp(prefix=f"molar-bench-{seed}-"))
+        shutil.copytree(shared / "data", root / "data")
+        if variants:
+            shutil.copytree(shared / "artifacts", root / "artifacts")
         times = {}
-        t = time.perf_counter()
-        prepare.run(p.prepare, root)
-        times["prepare"] = time.perf_counter() - t
-        t = time.perf_counter()
-        cfg = train_id.run(p.train_id, p.protocol, root)
-        times["train_id"] = time.perf_counter() - t
-        t = time.perf_counter()
-        index.run(p.index, root)
-        times["index"] = time.perf_counter() - t
-        t = time.perf_counter()
-        m = evaluate.run(p.evaluate, p.protocol, root)
-        times["evaluate"] = time.perf_counter() - t
-        rows.append({"seed": seed, **times, "epochs": cfg["epochs_run"], **m["sasrec"]["test"],
-                     "ci": m["sasrec"]["test_ci95"]["ndcg@10"], "masking": m["protocol"]["masking"]})
-    print("\n| seed | prepare s | train_id s (epochs) | index s | evaluate s | total s | test NDCG@10 [95% CI users] "
-          "| Recall@10 | NDCG@20 | Recall@20 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        _, times["train_id"] = timed(train_id.run, p.train_id, p.protocol, root)
+        for name in variants:
+            _, times[name] = timed(train.run, name, p.train_variant(name), p.protocol, root)
+        _, times["index"] = timed(index.run, p.index, root)
+        m, times["evaluate"] = timed(evaluate.run, p.evaluate, p.protocol, root)
+        rows.append({"seed": seed, "times": times, "metrics": m})
+        pu = pl.read_parquet(root / "metrics" / "per_user.parquet").filter(pl.col("split") == "test")
+        for model in models:
+            per_user.setdefault(model, []).append(pu.filter(pl.col("model") == model).sort("user_id")["ndcg@10"]
+                                                  .to_numpy())
+
+    print(f"\nprepare {t_prepare:.1f} s, embed {t_embed:.1f} s (once)\n")
+    print("| seed | " + " | ".join(f"{k} s" for k in rows[0]["times"]) + " | "
+          + " | ".join(f"{m} NDCG@10" for m in models) + " |")
+    print("| --- " * (1 + len(rows[0]["times"]) + len(models)) + "|")
     for r in rows:
-        total = r["prepare"] + r["train_id"] + r["index"] + r["evaluate"]
-        print(f"| {r['seed']} | {r['prepare']:.1f} | {r['train_id']:.0f} ({r['epochs']}) | {r['index']:.2f} | "
-              f"{r['evaluate']:.1f} | {total:.0f} | {r['ndcg@10']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | "
-              f"{r['recall@10']:.4f} | {r['ndcg@20']:.4f} | {r['recall@20']:.4f} |")
-    if len(rows) > 1:
-        nd = [r["ndcg@10"] for r in rows]
-        half = T95.get(len(nd) - 1, 2.0) * statistics.stdev(nd) / len(nd) ** 0.5
-        print(f"\nmasking={rows[0]['masking']}: mean test NDCG@10 over {len(nd)} seeds {statistics.mean(nd):.4f} "
-              f"± {half:.4f} (95% t-interval), sd {statistics.stdev(nd):.4f}; "
-              f"mean Recall@10 {statistics.mean(r['recall@10'] for r in rows):.4f}")
+        print(f"| {r['seed']} | " + " | ".join(f"{v:.0f}" if v >= 1 else f"{v:.2f}" for v in r["times"].values())
+              + " | " + " | ".join(f"{r['metrics'][m]['test']['ndcg@10']:.4f}" for m in models) + " |")
+    print(f"\n| model | test NDCG@10 (mean ± 95% t, {len(rows)} seeds) | Recall@10 | NDCG@20 | "
+          "NDCG@10 − SASRec (seeds) | paired bootstrap over users, pooled seeds |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for model in models:
+        nd = [r["metrics"][model]["test"]["ndcg@10"] for r in rows]
+        rc = [r["metrics"][model]["test"]["recall@10"] for r in rows]
+        n20 = [r["metrics"][model]["test"]["ndcg@20"] for r in rows]
+        diff, boot = "", ""
+        if model != "sasrec":
+            diffs = [a - b for a, b in zip(nd, [r["metrics"]["sasrec"]["test"]["ndcg@10"] for r in rows])]
+            diff = t_interval(diffs)
+            pb = paired_bootstrap(np.concatenate(per_user[model]), np.concatenate(per_user["sasrec"]))
+            boot = f"{pb['diff']:+.4f} [{pb['ci_low']:+.4f}, {pb['ci_high']:+.4f}]"
+        print(f"| {model} | {t_interval(nd)} | {t_interval(rc)} | {t_interval(n20)} | {diff} | {boot} |")
 
 
 if __name__ == "__main__":

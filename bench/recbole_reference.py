@@ -31,6 +31,7 @@ def run_protocol(data: Path, masking: str, seed: int, extra: dict) -> dict:
         "prepare": {"source": "recbole_atomic", "path": str(data)},
         "protocol": {"masking": masking},
         "train_id": {"seed": seed, **extra},
+        "index": {"models": ["sasrec"]}, "evaluate": {"models": ["sasrec"]},
     })
     t0 = time.perf_counter()
     prepare.run(p.prepare, root)
