@@ -67,6 +67,8 @@ def search_masked(index: faiss.Index, users: np.ndarray, histories: list[list[in
     when `histories` is given."""
     users = np.ascontiguousarray(users, dtype=np.float32)
     n_items = index.ntotal
+    if histories is not None:  # the per-batch seen-item mask is batch x items booleans: keep it under 64 MiB
+        batch_size = max(1, min(batch_size, (64 << 20) // (n_items + 1)))
     out = np.zeros((len(users), k), dtype=np.int64)
     for s in range(0, len(users), batch_size):
         u = users[s:s + batch_size]
