@@ -91,6 +91,17 @@ class ItemEncoder(ABC):
         """Speed-only facts (device, dtype in use, threads): recorded, never hashed."""
         return {}
 
+    def _init_identity(self, cfg: EncoderConfig, model_name: str, fingerprint: str, backend: str,
+                       default_pooling: str, default_normalize: bool) -> None:
+        """What every encoder records about itself; pooling and normalisation fall back to its defaults."""
+        self.cfg = cfg
+        self.model_name = model_name
+        self.fingerprint = fingerprint
+        self.backend = backend
+        self.pooling = cfg.pooling or default_pooling
+        self.normalize = bool(cfg.normalize) if cfg.normalize is not None else default_normalize
+        self.counts = EncodeCounts()
+
 
 def settings_hash(settings: dict) -> str:
     """sha256 of the canonical JSON of the settings: equal settings, equal hash, on any machine."""

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from molar_core.encoders.base import (
-    EncodeCounts,
     EncoderConfig,
     EncoderError,
     ItemEncoder,
@@ -52,13 +51,7 @@ class MllmEncoder(ItemEncoder):
         from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-        self.cfg = cfg
-        self.model_name = model_name
-        self.fingerprint = fingerprint
-        self.backend = backend
-        self.pooling = cfg.pooling or "last"
-        self.normalize = bool(cfg.normalize) if cfg.normalize is not None else False
-        self.counts = EncodeCounts()
+        self._init_identity(cfg, model_name, fingerprint, backend, default_pooling="last", default_normalize=False)
         self._smart_resize = smart_resize
         self._check_prompts(cfg)
 

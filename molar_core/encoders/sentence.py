@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 
 from molar_core.encoders.base import (
-    EncodeCounts,
     EncoderConfig,
     EncoderError,
     ItemEncoder,
@@ -39,13 +38,7 @@ class SentenceEncoder(ItemEncoder):
     def __init__(self, cfg: EncoderConfig, model_dir: Path, model_name: str, fingerprint: str, backend: str):
         from transformers import AutoModel, AutoTokenizer
 
-        self.cfg = cfg
-        self.model_name = model_name
-        self.fingerprint = fingerprint
-        self.backend = backend
-        self.pooling = cfg.pooling or "mean"
-        self.normalize = bool(cfg.normalize) if cfg.normalize is not None else True
-        self.counts = EncodeCounts()
+        self._init_identity(cfg, model_name, fingerprint, backend, default_pooling="mean", default_normalize=True)
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         try:
