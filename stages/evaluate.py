@@ -20,13 +20,9 @@ from stages.common import params_from_argv, read_prepared, read_stats, run_main,
 HISTORY_BUCKETS = [0, 10, 20, 50, 100, 200, 10**9]
 
 
-def evaluate_model(model: str, split: str, table: pl.DataFrame, root: Path, protocol: ProtocolParams,
+def evaluate_model(model: str, index, split: str, table: pl.DataFrame, root: Path, protocol: ProtocolParams,
                    batch_size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Ranks and per-user metrics of one model on one split."""
-    index_path = root / paths.INDEX_DIR / f"{model}.faiss"
-    if not index_path.exists():
-        raise ArtifactError(str(index_path), "not found", "dvc repro index")
-    index = load_index(index_path)
+    """Ranks and per-user metrics of one model (through its loaded index) on one split."""
     users = load_user_vectors(root / paths.model_dir(model) / "user_vectors.safetensors", split,
                               table["user_id"].to_numpy().astype(np.int64), rebuild=f"dvc repro train_{model}")
     histories = table["history"].to_list() if protocol.masking == "history" else None
@@ -47,8 +43,12 @@ def run(p: EvaluateParams, protocol: ProtocolParams, root: Path = Path(".")) -> 
     rows, per_test = [], {}
     for model in p.models:
         metrics[model] = {}
+        index_path = root / paths.INDEX_DIR / f"{model}.faiss"
+        if not index_path.exists():
+            raise ArtifactError(str(index_path), "not found", "dvc repro index")
+        index = load_index(index_path)
         for split, table in tables.items():
-            ranks, per = evaluate_model(model, split, table, root, protocol, p.batch_size)
+            ranks, per = evaluate_model(model, index, split, table, root, protocol, p.batch_size)
             m = mean_metrics(per)
             metrics[model][split] = m
             if split == "test":

@@ -28,12 +28,7 @@ TITLES = ["Toy Story", "GoldenEye", "Four Rooms", "Get Shorty", "Copycat", "Shan
           "Babe", "Dead Man Walking", "Richard III", "Seven", "Usual Suspects, The"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_items(root: Path, titles: list[str], with_images: bool = True) -> pl.DataFrame:
