@@ -91,3 +91,13 @@ def search_masked(index: faiss.Index, users: np.ndarray, histories: list[list[in
         compact = np.take_along_axis(np.where(keep, ids, 0), order, axis=1)[:, :k]
         out[s:s + len(u), :compact.shape[1]] = compact
     return out
+
+
+def recall_vs_exact(index: faiss.Index, item_vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+    """Mean fraction of the exact inner-product top-k that `index` returns for the same queries (1.0 = exact)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    exact = faiss.IndexFlatIP(item_vectors.shape[1])
+    exact.add(np.ascontiguousarray(item_vectors, dtype=np.float32))
+    _, truth = exact.search(queries, k)
+    _, got = index.search(queries, k)
+    return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth.tolist(), got.tolist())]))

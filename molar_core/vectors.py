@@ -1,8 +1,9 @@
 """Item and user vector files (safetensors): the contract between user models, the index and evaluation.
 
 item_vectors.safetensors: `item_ids` (N,) int64 = 1..N and `vectors` (N, D) float32.
-user_vectors.safetensors: `user_ids` (U,) int64 and one (U, D) float32 tensor per split (train, valid, test):
-the user vector after the split's history. Loading checks shapes, dtypes and ids and names the file.
+user_vectors.safetensors: `user_ids` (U,) int64 and one (U, D) float32 tensor per split: train, valid, test (the
+user vector after that split's history, what evaluation ranks from) and next (after the whole known sequence,
+what `molar recommend` ranks from). Loading checks shapes, dtypes and ids and names the file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from molar_core.errors import ArtifactError
 from molar_core.io import atomic_path
+
+USER_VECTORS_DOC = ("user vectors after the train/valid/test histories (evaluation) and after the whole sequence "
+                    "(next: recommendations)")
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

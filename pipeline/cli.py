@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from molar_core.errors import MolarError
+from molar_core.errors import ArtifactError, MolarError
 from pipeline import paths
 from pipeline.params import load_params
 
@@ -27,7 +27,7 @@ def _fail(err: Exception) -> None:
 
     from stages.common import console
 
-    console.print(f"[bold red]error[/]: {escape(str(err))}")
+    console.print(f"[bold red]error[/]: {escape(str(err))}", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -89,6 +89,84 @@ def repro(stage: str = typer.Argument(None, help="stage to reproduce (default: a
     raise typer.Exit(subprocess.call(["dvc", "repro", *([stage] if stage else [])]))
 
 
+@app.command()
+def recommend(user: str = typer.Option(None, "--user", "-u", help="raw user id (as in the source data)"),
+              all_users: bool = typer.Option(False, "--all", help="every user (write --out)"),
+              out: Path = typer.Option(None, help="with --all: output file (.parquet or .csv)"),
+              k: int = typer.Option(10, "--k", "-k", min=1, help="items per user"),
+              model: str = typer.Option("molar", "--model", "-m", help="model name in the workspace"),
+              checkpoint: Path = typer.Option(None, help="a model directory (e.g. copied elsewhere) instead of --model"),
+              prepared: Path = typer.Option(None, help="prepared data directory (default ROOT/data/prepared)"),
+              include_seen: bool = typer.Option(False, help="do not exclude items the user has interacted with"),
+              root: Path = typer.Option(Path("."), help="workspace (the directory of dvc.yaml)")) -> None:
+    """Top-k items for one user (a table) or for every user (a file), seen items excluded, with titles."""
+    from rich.console import Console
+
+    from molar_core.io import atomic_path
+    from molar_core.recommend import recommend as top_k
+    from molar_core.recommend import recommendations_table
+    from pipeline.workspace import model_index, open_model, prepared_dir, read_table, user_rows
+    from stages.common import full_sequences
+
+    try:
+        if (user is None) == (not all_users):
+            raise MolarError("give exactly one of --user ID or --all")
+        if all_users and out is None:
+            raise MolarError("--all needs --out FILE (.parquet or .csv)")
+        if out is not None and out.suffix not in (".parquet", ".csv"):
+            raise MolarError(f"--out {out}: use a .parquet or .csv file name")
+        ckpt = open_model(root, model, checkpoint)
+        prep = prepared_dir(root, prepared, checkpoint)
+        items, test = read_table(prep, "items"), read_table(prep, "test")
+        ckpt.check_data(prep / "items.parquet", test.height)
+        uid, vecs = ckpt.user_vectors("next")
+        rows = user_rows(test, user, prep) if user is not None else test
+        pos = {u: i for i, u in enumerate(uid.tolist())}
+        users = vecs[[pos[u] for u in rows["user_id"].to_list()]]
+        index, source = model_index(root, ckpt)
+        seen = None if include_seen else full_sequences(rows)
+        ids, scores = top_k(index, users, ckpt.item_vectors(), seen, k)
+        table = recommendations_table(rows, ids, scores, items)
+    except MolarError as err:
+        _fail(err)
+    if out is not None:
+        with atomic_path(out) as tmp:
+            table.write_parquet(tmp) if out.suffix == ".parquet" else table.write_csv(tmp)
+        typer.echo(f"recommend: {table.height:,} rows ({rows.height:,} users x top-{k}) from {ckpt.path} via {source} "
+                   f"-> {out}")
+        return
+    t = Table("rank", "item_id", "title", "score",
+              title=f"{ckpt.name}: top-{k} for user {user} ({len(seen[0]) if seen else 0} seen items excluded)")
+    for r in table.iter_rows(named=True):
+        t.add_row(str(r["rank"]), str(r["item_id"]), r["title"] or "", f"{r['score']:.4f}")
+    Console().print(t)
+
+
+@app.command()
+def report(out: Path = typer.Option(paths.REPORT, help="HTML file to write"),
+           users: int = typer.Option(6, min=0, help="sample users in the gallery"),
+           seed: int = typer.Option(0, help="which users are sampled"),
+           screenshot: Path = typer.Option(None, help="also render the page in headless Chromium to this PNG"),
+           root: Path = typer.Option(Path("."), help="workspace (the directory of dvc.yaml)")) -> None:
+    """One self-contained HTML page: stats, metrics with CIs, curves, breakdowns, and a poster gallery."""
+    from molar_core.io import write_bytes_atomic
+    from pipeline.report import build_report
+
+    try:
+        page = build_report(root, users, seed)
+        target = out if out.is_absolute() else root / out
+        write_bytes_atomic(target, page.encode())
+        typer.echo(f"report: {target} ({len(page) / 1e3:,.0f} kB)")
+        if screenshot is not None:
+            from pipeline.browser import render
+
+            result = render(target, screenshot)
+            typer.echo(f"report: screenshot {screenshot} ({result.images} images, "
+                       f"{len(result.console_errors)} console errors)")
+    except MolarError as err:
+        _fail(err)
+
+
 @app.command("check-params")
 def check_params(params: Path = PARAMS) -> None:
     """Validate params.yaml and print the resolved values."""
@@ -129,20 +207,19 @@ def inspect_prepared(user: str = typer.Option(None, help="raw user id: print the
 
 
 @inspect_app.command("checkpoint")
-def inspect_checkpoint(model: str = typer.Argument("sasrec"), root: Path = Path(".")) -> None:
-    """A model's config and parameter count."""
+def inspect_checkpoint(model: str = typer.Argument("sasrec", help="model name, or a model directory"),
+                       root: Path = Path(".")) -> None:
+    """A model's config (format, data it was trained on, params, best epoch) and parameter count."""
     from rich.console import Console
 
     from molar_core.vectors import load_tensors
+    from pipeline.workspace import open_model
 
-    d = root / paths.model_dir(model)
     try:
-        cfg_path = d / "config.json"
-        if not cfg_path.exists():
-            raise MolarError(f"{cfg_path}: not found (run `dvc repro train_id`)")
-        cfg = json.loads(cfg_path.read_text())
-        state = load_tensors(d / "model.safetensors", "dvc repro train_id")
-        cfg["parameters"] = int(sum(v.numel() for v in state.values()))
+        as_dir = Path(model)
+        ckpt = open_model(root, checkpoint=as_dir) if as_dir.is_dir() and "/" in model else open_model(root, model)
+        state = load_tensors(ckpt.path / "model.safetensors", ckpt.rebuild)
+        cfg = {**ckpt.config, "parameters": int(sum(v.numel() for v in state.values()))}
         Console().print_json(json.dumps(cfg))
     except MolarError as err:
         _fail(err)
@@ -197,6 +274,39 @@ def inspect_embeddings(title: str = typer.Option(None, help="nearest neighbours 
         out.print(t)
     except MolarError as err:
         _fail(err)
+
+@inspect_app.command("index")
+def inspect_index(model: str = typer.Argument("sasrec"), sample: int = typer.Option(1000, help="users to sample"),
+                  k: int = typer.Option(10, "--k", "-k", help="recall@k against exact search"),
+                  root: Path = Path(".")) -> None:
+    """A model's FAISS index: type, size, and its recall@k against exact search on a sample of user vectors."""
+    import numpy as np
+    from rich.console import Console
+
+    from molar_core.index import load_index, recall_vs_exact
+    from pipeline.workspace import open_model
+
+    path = root / paths.INDEX_DIR / f"{model}.faiss"
+    try:
+        if not path.exists():
+            raise ArtifactError(str(path), "not found", "dvc repro index")
+        ckpt = open_model(root, model)
+        index = load_index(path, use_gpu="never")
+        _, users = ckpt.user_vectors("test")
+        rows = np.random.default_rng(0).choice(len(users), size=min(sample, len(users)), replace=False)
+        recall = recall_vs_exact(index, ckpt.item_vectors(), users[np.sort(rows)], k)
+    except MolarError as err:
+        _fail(err)
+    info_path = path.with_suffix(".json")
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    t = Table("field", "value", title=str(path))
+    for key, value in [("type", type(index).__name__), ("factory", info.get("factory", "?")),
+                       ("vectors", f"{index.ntotal:,} x {index.d}"), ("file size", f"{path.stat().st_size / 1e6:.2f} MB"),
+                       ("built on GPU", str(info.get("built_on_gpu", "?"))),
+                       (f"recall@{k} vs exact", f"{recall:.4f} ({len(rows):,} test users)")]:
+        t.add_row(key, value)
+    Console().print(t)
+
 
 def main() -> None:  # pragma: no cover
     app()

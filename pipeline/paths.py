@@ -23,4 +23,9 @@ def model_dir(model: str) -> Path:
     return ARTIFACTS / model
 
 
-STAGE_OF = {"sasrec": "dvc repro train_id", "prepared": "dvc repro prepare", "index": "dvc repro index"}
+REPORT = Path("reports/index.html")
+
+
+def producer(model: str) -> str:
+    """The command that (re)builds a model's directory: SASRec in train_id, every other model in train@NAME."""
+    return "dvc repro train_id" if model == "sasrec" else f"dvc repro train@{model}"

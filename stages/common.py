@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from molar_core.errors import ArtifactError, MolarError
-from molar_core.io import read_json, write_bytes_atomic
+from molar_core.io import read_json, sha256_file, write_bytes_atomic
 from pipeline import paths
 from pipeline.params import Params, load_params
 
@@ -33,6 +33,16 @@ def read_prepared(root: Path, name: str) -> pl.DataFrame:
     if not path.exists():
         raise ArtifactError(str(path), "not found", "dvc repro prepare (or `molar prepare`)")
     return pl.read_parquet(path)
+
+
+def full_sequences(test: pl.DataFrame) -> list[list[int]]:
+    """Each user's whole known sequence (test history + test item): what `next` user vectors are computed from."""
+    return [h + [t] for h, t in zip(test["history"].to_list(), test["target"].to_list())]
+
+
+def data_fingerprint(root: Path, stats: dict) -> dict:
+    """What a checkpoint was trained on, so a copy used elsewhere can check its data (see molar_core.checkpoint)."""
+    return {"items_sha256": sha256_file(root / paths.ITEMS), "num_items": stats["items"], "num_users": stats["users"]}
 
 
 def read_stats(root: Path) -> dict:
@@ -70,5 +80,5 @@ def run_main(fn) -> None:
     try:
         fn()
     except MolarError as err:
-        console.print(f"[bold red]error[/]: {escape(str(err))}")
+        console.print(f"[bold red]error[/]: {escape(str(err))}", soft_wrap=True)
         sys.exit(1)

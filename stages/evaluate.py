@@ -18,13 +18,34 @@ from pipeline.params import EvaluateParams, ProtocolParams
 from stages.common import params_from_argv, read_prepared, read_stats, run_main, summary
 
 HISTORY_BUCKETS = [0, 10, 20, 50, 100, 200, 10**9]
+POPULARITY_BUCKETS = [0, 1, 10, 50, 100, 200, 10**9]  # training interactions of the test item
+
+
+def item_popularity(train: pl.DataFrame, num_items: int) -> np.ndarray:
+    """Training interactions per item id (index 0 = padding)."""
+    flat = train["items"].explode().drop_nulls().to_numpy()
+    return np.bincount(flat, minlength=num_items + 1)
+
+
+def write_bucket_plot(path: Path, rows: pl.DataFrame, column: str, edges: list[int], label: str) -> None:
+    """Mean test NDCG@10 and user count per model and bucket of `column` (a CSV that `dvc plots` draws)."""
+    bucket = pl.lit(None, pl.String)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        name = f"{lo}+" if hi == edges[-1] else str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}"
+        bucket = pl.when(pl.col(column).is_between(lo, hi - 1)).then(pl.lit(name)).otherwise(bucket)
+    table = (rows.with_columns(bucket.alias(label))
+             .group_by("model", label).agg(pl.col("ndcg@10").mean(), pl.len().alias("users"),
+                                            pl.col(column).min().alias("_lo"))
+             .sort("model", "_lo").drop("_lo"))
+    with atomic_path(path) as tmp:
+        table.write_csv(tmp)
 
 
 def evaluate_model(model: str, index, split: str, table: pl.DataFrame, root: Path, protocol: ProtocolParams,
                    batch_size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Ranks and per-user metrics of one model (through its loaded index) on one split."""
     users = load_user_vectors(root / paths.model_dir(model) / "user_vectors.safetensors", split,
-                              table["user_id"].to_numpy().astype(np.int64), rebuild=f"dvc repro train_{model}")
+                              table["user_id"].to_numpy().astype(np.int64), rebuild=paths.producer(model))
     histories = table["history"].to_list() if protocol.masking == "history" else None
     lists = search_masked(index, users, histories, max(protocol.ks), batch_size)
     ranks = ranks_from_lists(lists, table["target"].to_numpy())
@@ -41,6 +62,7 @@ def run(p: EvaluateParams, protocol: ProtocolParams, root: Path = Path(".")) -> 
         "num_users": stats["users"], "ks": protocol.ks,
         "ci": "95% percentile bootstrap over users (1000 resamples)"}}
     rows, per_test = [], {}
+    popularity = item_popularity(read_prepared(root, "train"), stats["items"])
     for model in p.models:
         metrics[model] = {}
         index_path = root / paths.INDEX_DIR / f"{model}.faiss"
@@ -56,7 +78,8 @@ def run(p: EvaluateParams, protocol: ProtocolParams, root: Path = Path(".")) -> 
                 metrics[model]["test_ci95"] = {k: list(bootstrap_ci(v)) for k, v in per.items() if k.startswith("ndcg")}
             rows.append(pl.DataFrame({
                 "model": model, "split": split, "user_id": table["user_id"],
-                "history_len": table["history"].list.len(),
+                "history_len": table["history"].list.len(), "target": table["target"],
+                "target_popularity": popularity[table["target"].to_numpy()],
                 "rank": pl.Series([None if np.isinf(r) else int(r) for r in ranks], dtype=pl.Int64),
                 **{k: v for k, v in per.items()}}))
     if "sasrec" in per_test:
@@ -69,17 +92,11 @@ def run(p: EvaluateParams, protocol: ProtocolParams, root: Path = Path(".")) -> 
     out = root / paths.METRICS_DIR
     write_json_atomic(out / "metrics.json", metrics)
     write_parquet_atomic(out / "per_user.parquet", per_user)
-    bucket = pl.lit(None, pl.String)
-    for lo, hi in zip(HISTORY_BUCKETS[:-1], HISTORY_BUCKETS[1:]):
-        label = f"{lo}+" if hi == HISTORY_BUCKETS[-1] else f"{lo}-{hi - 1}"
-        bucket = pl.when(pl.col("history_len").is_between(lo, hi - 1)).then(pl.lit(label)).otherwise(bucket)
-    by_len = (per_user.filter(pl.col("split") == "test").with_columns(bucket.alias("history_bucket"))
-              .group_by("model", "history_bucket").agg(pl.col("ndcg@10").mean(), pl.len().alias("users"),
-                                                       pl.col("history_len").min().alias("min_len"))
-              .sort("model", "min_len").drop("min_len"))
-    plot = root / paths.PLOTS_DIR / "evaluate" / "ndcg_by_history_length.csv"
-    with atomic_path(plot) as tmp:
-        by_len.write_csv(tmp)
+    test_rows = per_user.filter(pl.col("split") == "test")
+    write_bucket_plot(root / paths.PLOTS_DIR / "evaluate" / "ndcg_by_history_length.csv", test_rows, "history_len",
+                      HISTORY_BUCKETS, "history_bucket")
+    write_bucket_plot(root / paths.PLOTS_DIR / "evaluate" / "ndcg_by_popularity.csv", test_rows, "target_popularity",
+                      POPULARITY_BUCKETS, "popularity_bucket")
     for model in p.models:
         t = metrics[model]["test"]
         summary("evaluate", f"{model} test NDCG@10 {t['ndcg@10']:.4f} Recall@10 {t['recall@10']:.4f} "

@@ -17,7 +17,7 @@ def run(p: IndexParams, root: Path = Path(".")) -> dict:
     infos = {}
     for model in p.models:
         src = root / paths.model_dir(model) / "item_vectors.safetensors"
-        vectors = load_item_vectors(src, stats["items"], rebuild=f"dvc repro train_{model}")
+        vectors = load_item_vectors(src, stats["items"], rebuild=paths.producer(model))
         index, info = build_index(vectors, p.factory, p.train_sample, p.nprobe, p.use_gpu)
         out = root / paths.INDEX_DIR
         save_index(index, out / f"{model}.faiss")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from molar_core.checkpoint import CHECKPOINT_FORMAT
 from molar_core.data.sequences import training_windows
 from molar_core.errors import ArtifactError
 from molar_core.io import atomic_dir, runtime_info, write_json_atomic
@@ -19,10 +20,19 @@ from molar_core.models.molar import Molar, MolarLossConfig
 from molar_core.models.sasrec import load_sasrec
 from molar_core.store import load_item_embeddings
 from molar_core.training import FitConfig, encode_users, fit, pick_device, ranking_metrics, seed_everything
-from molar_core.vectors import save_item_vectors, save_tensors, save_user_vectors
+from molar_core.vectors import USER_VECTORS_DOC, save_item_vectors, save_tensors, save_user_vectors
 from pipeline import paths
 from pipeline.params import ProtocolParams, TrainParams, load_params
-from stages.common import epoch_progress, read_prepared, read_stats, run_main, summary, write_curve
+from stages.common import (
+    data_fingerprint,
+    epoch_progress,
+    full_sequences,
+    read_prepared,
+    read_stats,
+    run_main,
+    summary,
+    write_curve,
+)
 
 
 def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path(".")) -> dict:
@@ -48,33 +58,39 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
     vh, vt = valid["history"].to_list(), valid["target"].to_list()
     mask = protocol.masking == "history"
 
-    def vectors(histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        users = encode_users(model.user_vectors, histories, p.max_len, device)
-        return model.score_vectors(users, model.item_vectors().detach().float().cpu())
+    def user_vectors(histories: list[list[int]]) -> torch.Tensor:
+        return model.scoring_form(encode_users(model.user_vectors, histories, p.max_len, device))
+
+    def item_vectors() -> torch.Tensor:
+        with torch.no_grad():
+            return model.scoring_form(model.item_vectors().detach().float().cpu())
 
     metric = protocol.early_stop_metric
     with epoch_progress(p.max_epochs) as advance:
         result = fit(model, seqs, lambda b: model.loss(b, gen),
-                     lambda: ranking_metrics(*vectors(vh), vh, vt, protocol.ks, mask),
+                     lambda: ranking_metrics(user_vectors(vh), item_vectors(), vh, vt, protocol.ks, mask),
                      FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
                                max_epochs=p.max_epochs, patience=p.patience, min_epochs=p.min_epochs, monitor=metric),
                      gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
                                                        f"{row['valid_' + metric]:.4f}"))
     model.eval()
     user_ids = torch.tensor(train["user_id"].to_list())
-    splits = {}
-    for split, hist in (("train", train["items"].to_list()), ("valid", vh), ("test", test["history"].to_list())):
-        users, item_vecs = vectors(hist)
-        splits[split] = users
+    histories = {"train": train["items"].to_list(), "valid": vh, "test": test["history"].to_list(),
+                 "next": full_sequences(test)}
+    item_vecs = item_vectors()
+    splits = {split: user_vectors(hist) for split, hist in histories.items()}
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("id_model.") or p.joint}
     meta = {"model": name, "num_items": str(stats["items"])}
-    config = {"model": name, "kind": "molar", "content_config": ccfg.to_dict(), "loss_config": lcfg.to_dict(),
+    config = {"format_version": CHECKPOINT_FORMAT, "model": name, "kind": "molar", "data": data_fingerprint(root, stats),
+              "content_config": ccfg.to_dict(), "loss_config": lcfg.to_dict(),
               "params": p.model_dump(), "protocol": protocol.model_dump(),
               "item_features": {"store": str(paths.EMBEDDINGS), "dim": int(feats.shape[1])},
               "id_model": str(paths.model_dir("sasrec")) if id_model is not None else None,
               "scoring": "cosine (user and item vectors saved L2-normalised)" if p.rec_loss == "infonce" else "dot",
               "best_epoch": result.best_epoch, "epochs_run": len(result.curve), "valid": result.best_metrics,
-              "train_seconds": result.seconds, "runtime": runtime_info(p.seed)}
+              "train_seconds": result.seconds, "runtime": runtime_info(p.seed),
+              "files": {"model.safetensors": "state dict (without the frozen ID model)",
+                        "item_vectors.safetensors": "items 1..N scoring vectors", "user_vectors.safetensors": USER_VECTORS_DOC}}
     with atomic_dir(root / paths.model_dir(name)) as out:
         save_tensors(out / "model.safetensors", state, meta)
         save_item_vectors(out / "item_vectors.safetensors", item_vecs, meta)

@@ -6,14 +6,25 @@ from pathlib import Path
 
 import torch
 
+from molar_core.checkpoint import CHECKPOINT_FORMAT
 from molar_core.data.sequences import training_windows
 from molar_core.io import atomic_dir, runtime_info, write_json_atomic
 from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
 from molar_core.training import FitConfig, encode_users, fit, pick_device, ranking_metrics, seed_everything
-from molar_core.vectors import save_item_vectors, save_tensors, save_user_vectors
+from molar_core.vectors import USER_VECTORS_DOC, save_item_vectors, save_tensors, save_user_vectors
 from pipeline import paths
 from pipeline.params import ProtocolParams, TrainIdParams
-from stages.common import epoch_progress, write_curve, params_from_argv, read_prepared, read_stats, run_main, summary
+from stages.common import (
+    data_fingerprint,
+    epoch_progress,
+    full_sequences,
+    params_from_argv,
+    read_prepared,
+    read_stats,
+    run_main,
+    summary,
+    write_curve,
+)
 
 MODEL = "sasrec"
 
@@ -48,13 +59,15 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     user_ids = torch.tensor(train["user_id"].to_list())
     splits = {"train": encode_users(model.user_vectors, train["items"].to_list(), p.max_len, device),
               "valid": encode_users(model.user_vectors, vh, p.max_len, device),
-              "test": encode_users(model.user_vectors, test["history"].to_list(), p.max_len, device)}
+              "test": encode_users(model.user_vectors, test["history"].to_list(), p.max_len, device),
+              "next": encode_users(model.user_vectors, full_sequences(test), p.max_len, device)}
     meta = {"model": MODEL, "num_items": str(cfg.num_items)}
-    config = {"model": MODEL, "config": cfg.to_dict(), "params": p.model_dump(), "protocol": protocol.model_dump(),
+    config = {"format_version": CHECKPOINT_FORMAT, "model": MODEL, "data": data_fingerprint(root, stats),
+              "config": cfg.to_dict(), "params": p.model_dump(), "protocol": protocol.model_dump(),
               "best_epoch": result.best_epoch, "epochs_run": len(result.curve), "valid": result.best_metrics,
               "train_seconds": result.seconds, "training_windows": len(seqs), "runtime": runtime_info(p.seed),
               "files": {"model.safetensors": "state dict", "item_vectors.safetensors": "items 1..N scoring vectors",
-                        "user_vectors.safetensors": "user vectors after the train/valid/test histories"}}
+                        "user_vectors.safetensors": USER_VECTORS_DOC}}
     with atomic_dir(root / paths.model_dir(MODEL)) as out:
         save_tensors(out / "model.safetensors", dict(model.state_dict()), meta)
         save_item_vectors(out / "item_vectors.safetensors", model.item_vectors().detach().cpu(), meta)

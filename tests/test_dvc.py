@@ -14,6 +14,7 @@ import yaml
 from tests.conftest import write_ml100k_slice
 
 ROOT = Path(__file__).resolve().parents[1]
+EXP_SHOW_KEY_COLUMNS = ["--drop", ".*", "--keep", r"Experiment|rev|.*test\.ndcg@10$|.*test\.recall@10$|train_id\.lr|.*align_alpha"]
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "molar_core", "stages", "pipeline", ".dvc/config",
                  ".dvc/.gitignore"]
 
@@ -75,3 +76,16 @@ def test_dvc_repro_noop_and_exp_run(tmp_path):
     assert "Running stage 'train@content'" not in exp2 and "Running stage 'train_id'" not in exp2
     diff = _run([*dvc, "params", "diff"], work, env)
     assert "train_id.lr" in diff
+
+    # the results of the two experiments side by side, key columns only (the README's command)
+    table = _run([*dvc, "exp", "show", "--csv", *EXP_SHOW_KEY_COLUMNS], work, env)
+    header, *rows = table.strip().splitlines()
+    assert header.split(",")[2:] == [f"{m}.test.{k}@10" for m in ("sasrec", "content", "molar")
+                                     for k in ("ndcg", "recall")] + [
+        "train_id.lr", "train.align_alpha", "train_variants.content.align_alpha", "train_variants.molar.align_alpha"]
+    assert sum(1 for r in rows if r.split(",")[-1] == "0.1") == 2  # workspace and the align_alpha=0.1 experiment
+    # training curves and breakdowns compared across revisions
+    _run([*dvc, "plots", "diff", "-o", str(tmp_path / "plots_diff")], work, env)
+    page = (tmp_path / "plots_diff" / "index.html").read_text()
+    for plot in ("curve.csv", "ndcg_by_history_length.csv", "ndcg_by_popularity.csv", "molar.csv"):
+        assert plot in page

@@ -16,18 +16,8 @@ from molar_core.metrics import mean_metrics, per_user_metrics
 from molar_core.ranking import target_ranks
 from molar_core.vectors import load_item_vectors, load_user_vectors
 from pipeline.params import parse_params
-from stages import embed, evaluate, index, prepare, train, train_id
-from tests.conftest import ML100K
-
-
-def small_params(data_dir, **train):
-    return parse_params({
-        "prepare": {"source": "recbole_atomic", "path": str(data_dir), "images": {"dir": str(ML100K / "posters")}},
-        "train_id": {"max_epochs": 3, "dim": 16, "max_len": 20, "batch_size": 64, **train},
-        "train": {"max_epochs": 2, "dim": 16, "max_len": 20, "batch_size": 64, "adapter_hidden": 32},
-        "train_variants": {"content": {"align_alpha": 0.0}, "molar": {"align_alpha": 0.5}},
-        "index": {"models": ["sasrec"]}, "evaluate": {"models": ["sasrec"]},
-    })
+from stages import evaluate, index, prepare, train_id
+from tests.conftest import small_params
 
 
 def test_pipeline_end_to_end(ml_small, tmp_path):
@@ -63,23 +53,35 @@ def test_pipeline_end_to_end(ml_small, tmp_path):
     assert conf["runtime"]["seed"] == 0 and conf["config"]["num_items"] == stats["items"]
 
 
-def test_content_and_molar_variants_end_to_end(ml_small, tmp_path):
-    p = small_params(ml_small)
-    models = ["sasrec", "content", "molar"]
-    p = parse_params({**p.model_dump(), "index": {"models": models}, "evaluate": {"models": models}})
-    stats = prepare.run(p.prepare, tmp_path)
-    train_id.run(p.train_id, p.protocol, tmp_path)
-    embed.run(p.embed, tmp_path)
-    cfgs = {name: train.run(name, p.train_variant(name), p.protocol, tmp_path) for name in ("content", "molar")}
+def test_content_and_molar_variants_end_to_end(small_workspace):
+    root = small_workspace
+    cfgs = {name: json.loads((root / f"artifacts/{name}/config.json").read_text()) for name in ("content", "molar")}
     assert cfgs["content"]["id_model"] is None and cfgs["molar"]["id_model"] == "artifacts/sasrec"
-    index.run(p.index, tmp_path)
-    m = evaluate.run(p.evaluate, p.protocol, tmp_path)
+    m = json.loads((root / "metrics/metrics.json").read_text())
+    num_items = json.loads((root / "data/prepared/stats.json").read_text())["items"]
     for name in ("content", "molar"):
         # the evaluate stage's valid metric equals the training loop's best validation (cosine scoring saved)
         assert abs(cfgs[name]["valid"]["ndcg@10"] - m[name]["valid"]["ndcg@10"]) < 1e-6
         assert "test_vs_sasrec" in m[name]
-        vecs = load_item_vectors(tmp_path / f"artifacts/{name}/item_vectors.safetensors", stats["items"])
+        vecs = load_item_vectors(root / f"artifacts/{name}/item_vectors.safetensors", num_items)
         assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+def test_next_user_vectors_encode_the_whole_sequence(small_workspace):
+    """`next` (what recommend ranks from) is the reloaded SASRec's vector after history + test item."""
+    from molar_core.data.sequences import pad_left
+    from molar_core.models.sasrec import load_sasrec
+
+    root = small_workspace
+    model = load_sasrec(root / "artifacts/sasrec").eval()
+    test = pl.read_parquet(root / "data/prepared/test.parquet")
+    full = [h + [t] for h, t in zip(test["history"].to_list(), test["target"].to_list())]
+    with torch.no_grad():
+        ref = model.user_vectors(pad_left(full, model.cfg.max_len))
+    saved = torch.from_numpy(load_user_vectors(root / "artifacts/sasrec/user_vectors.safetensors", "next"))
+    assert torch.allclose(saved, ref, atol=1e-5)
+    before = torch.from_numpy(load_user_vectors(root / "artifacts/sasrec/user_vectors.safetensors", "test"))
+    assert not torch.allclose(saved, before)
 
 
 def test_recbole_protocol_does_not_mask(ml_small, tmp_path):

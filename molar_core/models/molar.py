@@ -59,11 +59,9 @@ class Molar(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         return self.content.item_vectors()
 
-    def score_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Vectors whose inner product is the ranking score (normalised for the cosine losses)."""
-        if self.loss_cfg.rec_loss == "infonce":
-            return nn.functional.normalize(users, dim=-1), nn.functional.normalize(items, dim=-1)
-        return users, items
+    def scoring_form(self, vectors: torch.Tensor) -> torch.Tensor:
+        """User or item vectors in the form whose inner product is the ranking score (normalised for InfoNCE)."""
+        return nn.functional.normalize(vectors, dim=-1) if self.loss_cfg.rec_loss == "infonce" else vectors
 
     def loss(self, seqs: list[list[int]], generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         cfg = self.loss_cfg

@@ -1,0 +1,76 @@
+"""A trained model's directory (config.json + safetensors) as a self-describing unit that can be copied elsewhere.
+
+config.json carries `format_version` (the file contract below; bumped when it changes) and `data` (hash of the
+items table and the catalogue and user counts it was trained on), so a checkpoint used with other data, or written
+by an incompatible molar, is refused with a message instead of producing wrong recommendations.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from molar_core.errors import ArtifactError
+from molar_core.io import sha256_file
+from molar_core.vectors import load_item_vectors, load_tensors
+
+CHECKPOINT_FORMAT = 2  # 1: no `next` user vectors, no data fingerprint; 2: both
+REQUIRED_FILES = ("config.json", "item_vectors.safetensors", "user_vectors.safetensors")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: dict
+    rebuild: str | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("model", self.path.name))
+
+    @property
+    def num_items(self) -> int:
+        return int(self.config["data"]["num_items"])
+
+    def item_vectors(self) -> np.ndarray:
+        return load_item_vectors(self.path / "item_vectors.safetensors", self.num_items, self.rebuild)
+
+    def user_vectors(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(user ids, vectors) of one split: train, valid, test or next."""
+        path = self.path / "user_vectors.safetensors"
+        t = load_tensors(path, self.rebuild)
+        if split not in t or "user_ids" not in t:
+            raise ArtifactError(str(path), f"has no '{split}' user vectors (found {sorted(t)})", self.rebuild)
+        return t["user_ids"].numpy(), t[split].numpy()
+
+    def check_data(self, items_path: Path, num_users: int | None = None) -> None:
+        """Refuse data other than what the model was trained on (same items table, same user count)."""
+        data = self.config["data"]
+        if sha256_file(items_path) != data["items_sha256"]:
+            raise ArtifactError(str(self.path), f"was trained on another items table than {items_path} "
+                                "(different sha256): use the prepared data it was trained with", self.rebuild)
+        if num_users is not None and num_users != data["num_users"]:
+            raise ArtifactError(str(self.path), f"was trained on {data['num_users']} users, the data has {num_users}",
+                                self.rebuild)
+
+
+def open_checkpoint(path: str | Path, rebuild: str | None = None) -> Checkpoint:
+    """Open a model directory, checking that its files exist and that its format is the one this code reads."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(str(path), "no such model directory", rebuild)
+    missing = [f for f in REQUIRED_FILES if not (path / f).exists()]
+    if missing:
+        raise ArtifactError(str(path), f"incomplete model directory, missing {', '.join(missing)}", rebuild)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(str(path / "config.json"), f"not valid JSON ({err})", rebuild) from None
+    version = config.get("format_version", 1) if isinstance(config, dict) else None
+    if version != CHECKPOINT_FORMAT:
+        raise ArtifactError(str(path / "config.json"), f"checkpoint format {version}, this molar reads format "
+                            f"{CHECKPOINT_FORMAT}: retrain the model with this version", rebuild)
+    return Checkpoint(path, config, rebuild)
