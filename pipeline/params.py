@@ -154,6 +154,7 @@ class TrainParams(UserModelParams):
     align_tau: float = Field(0.2, gt=0.0)
     align_positions: Literal["last", "all"] = "last"
     align_head: bool = True
+    align_items: bool = False
     joint: bool = False  # train SASRec jointly instead of keeping it frozen
 
     def with_overrides(self, name: str, over: dict) -> "TrainParams":

@@ -51,7 +51,7 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
                          hybrid=p.hybrid)
     lcfg = MolarLossConfig(rec_loss=p.rec_loss, num_negatives=p.num_negatives, temperature=p.temperature,
                            align_alpha=p.align_alpha, align_tau=p.align_tau, align_positions=p.align_positions,
-                           align_head=p.align_head, joint=p.joint)
+                           align_head=p.align_head, align_items=p.align_items, joint=p.joint)
     id_model = load_sasrec(root / paths.model_dir("sasrec")) if (p.align_alpha > 0 or p.joint) else None
     model = Molar(ContentUserModel(ccfg, feats), lcfg, id_model).to(device)
     seqs = training_windows(train["items"].to_list(), p.max_len)

@@ -29,6 +29,7 @@ class MolarLossConfig:
     align_tau: float = 0.2
     align_positions: str = "last"  # last: one user vector per sequence; all: every real position
     align_head: bool = True  # linear head from the content width to the ID width
+    align_items: bool = False  # also align the batch's adapted item vectors with the ID model's item embeddings
     align_max_rows: int = 2048  # bound on the B x B alignment matrix for `all`
     joint: bool = False  # train the ID model too (with its own CE) instead of freezing it
 
@@ -105,6 +106,15 @@ class Molar(nn.Module):
                 if self.head is not None:
                     a = self.head(a)
                 align = symmetric_info_nce(a, b, cfg.align_tau)
+                if cfg.align_items:
+                    ids = torch.unique(t)[: cfg.align_max_rows]
+                    ai = self.content.item_table(ids)
+                    bi = self.id_model.item_emb(ids).detach() if not cfg.joint else self.id_model.item_emb(ids)
+                    if self.head is not None:
+                        ai = self.head(ai)
+                    align_items = symmetric_info_nce(ai, bi, cfg.align_tau)
+                    parts["align_items"] = float(align_items.detach())
+                    align = align + align_items
                 total = total + cfg.align_alpha * align
                 parts["align"] = float(align.detach())
         parts["loss"] = float(total.detach())
