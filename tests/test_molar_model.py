@@ -90,3 +90,34 @@ def test_hybrid_changes_item_vectors_and_padding_row_is_zero():
     table = model.content.item_table(torch.tensor([0, 1, 2]))
     assert torch.all(table[0] == 0)
     assert model.content.item_vectors().shape == (20, 16)
+
+
+def test_cached_frozen_id_vectors_equal_fresh_ones():
+    """The per-sequence cache of frozen SASRec user vectors changes nothing but speed, also past its size bound."""
+    seqs = [[(3 * i + j) % 20 + 1 for j in range(2 + i % 6)] for i in range(12)]
+    model, sas = _models(alpha=1.0)
+    sas.eval()
+    from molar_core.data.sequences import next_item_pairs
+
+    inputs, _ = next_item_pairs(seqs, 8)
+    with torch.no_grad():
+        ref = sas.user_vectors(inputs)
+    model.loss_cfg.id_cache_size = 5
+    first = model._frozen_id_users(seqs, inputs)
+    again = model._frozen_id_users(seqs, inputs)  # 5 from the cache, 7 recomputed
+    assert len(model._id_cache) == 5
+    assert torch.allclose(first, ref, atol=1e-6) and torch.allclose(again, ref, atol=1e-6)
+    # the padded width differs between batches; the cached vector does not depend on it
+    short, _ = next_item_pairs(seqs[:3], 8)
+    assert torch.allclose(model._frozen_id_users(seqs[:3], short), ref[:3], atol=1e-5)
+
+
+def test_item_alignment_adds_its_part():
+    content = ContentUserModel(ContentConfig(num_items=20, input_dim=12, max_len=8, dim=16, heads=2,
+                                             adapter_hidden=32, dropout=0.0), torch.randn(20, 12))
+    sas = SASRec(SASRecConfig(num_items=20, max_len=8, dim=24, heads=2, dropout=0.0))
+    model = Molar(content, MolarLossConfig(align_alpha=0.5, align_items=True), sas)
+    loss, parts = model.loss([[1, 2, 3, 4, 5], [6, 7, 8]])
+    assert "align_items" in parts and parts["align"] > parts["align_items"] > 0
+    loss.backward()
+    assert model.head.weight.grad is not None and all(p.grad is None for p in sas.parameters())

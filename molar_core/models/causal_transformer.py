@@ -11,6 +11,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class Dropout(nn.Module):
+    """Inverted dropout from a uniform draw: same distribution as nn.Dropout, about 1.5x faster forward and
+    backward on the CPU (torch's bernoulli_ sampler was a quarter of a SASRec step; see bench/train_step.py)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * ((torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))).to(x.dtype)
+
+
 class Block(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
@@ -19,8 +33,8 @@ class Block(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.ln2 = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
-        self.drop = nn.Dropout(dropout)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), Dropout(dropout), nn.Linear(4 * dim, dim))
+        self.drop = Dropout(dropout)
         self.attn_dropout = dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -38,7 +52,7 @@ class CausalTransformer(nn.Module):
     def __init__(self, dim: int, layers: int, heads: int, dropout: float, max_len: int):
         super().__init__()
         self.pos = nn.Embedding(max_len, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.ln = nn.LayerNorm(dim)
         self.max_len = max_len

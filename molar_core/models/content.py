@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from molar_core.models.causal_transformer import CausalTransformer
+from molar_core.models.causal_transformer import CausalTransformer, Dropout
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ContentUserModel(nn.Module):
         feats = torch.cat([torch.zeros(1, cfg.input_dim), item_features.float()])
         self.register_buffer("features", feats, persistent=False)
         self.adapter = nn.Sequential(nn.LayerNorm(cfg.input_dim), nn.Linear(cfg.input_dim, cfg.adapter_hidden),
-                                     nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.adapter_hidden, cfg.dim))
+                                     nn.GELU(), Dropout(cfg.dropout), nn.Linear(cfg.adapter_hidden, cfg.dim))
         self.id_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0) if cfg.hybrid else None
         if self.id_emb is not None:
             nn.init.normal_(self.id_emb.weight, std=0.02)
@@ -58,8 +58,13 @@ class ContentUserModel(nn.Module):
             x = x + self.id_emb(ids)
         return x * (ids > 0).unsqueeze(-1)
 
-    def hidden(self, seq: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.item_table(seq), seq > 0)
+    def hidden(self, seq: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states over a history. `table` (all adapted items, from item_table()) lets a training step
+        run the adapter once per catalogue item instead of once per history position."""
+        if table is None:
+            return self.encoder(self.item_table(seq), seq > 0)
+        padded = torch.cat([table.new_zeros(1, table.shape[1]), table])
+        return self.encoder(padded[seq], seq > 0)
 
     def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
         return self.hidden(seq)[:, -1]

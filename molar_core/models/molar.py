@@ -32,6 +32,7 @@ class MolarLossConfig:
     align_items: bool = False  # also align the batch's adapted item vectors with the ID model's item embeddings
     align_max_rows: int = 2048  # bound on the B x B alignment matrix for `all`
     joint: bool = False  # train the ID model too (with its own CE) instead of freezing it
+    id_cache_size: int = 1_000_000  # frozen ID user vectors kept per training sequence (align_positions: last)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,9 +51,25 @@ class Molar(nn.Module):
             for p in id_model.parameters():
                 p.requires_grad_(False)
         id_dim = id_model.cfg.dim if id_model is not None else content.cfg.dim
+        self._id_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self.head = nn.Linear(content.cfg.dim, id_dim) if loss.align_head and id_model is not None else None
         if self.head is None and id_model is not None and id_dim != content.cfg.dim:
             raise ValueError(f"content dim {content.cfg.dim} != ID dim {id_dim}: enable align_head")
+
+    def _frozen_id_users(self, seqs: list[list[int]], id_in: torch.Tensor) -> torch.Tensor:
+        """The frozen ID model's user vector of each training sequence, computed once per distinct sequence
+        (the same windows come back every epoch, and a frozen model in eval mode gives the same vector)."""
+        keys = [tuple(s) for s in seqs]
+        missing = [i for i, k in enumerate(keys) if k not in self._id_cache]
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            self.id_model.eval()
+            with torch.no_grad():
+                fresh = dict(zip(missing, self.id_model.user_vectors(id_in[missing])))
+            room = max(self.loss_cfg.id_cache_size - len(self._id_cache), 0)
+            for i in missing[:room]:
+                self._id_cache[keys[i]] = fresh[i]
+        return torch.stack([fresh[i] if i in fresh else self._id_cache[k] for i, k in enumerate(keys)])
 
     def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
         return self.content.user_vectors(seq)
@@ -69,10 +86,10 @@ class Molar(nn.Module):
         device = self.logit_scale.device
         inputs, targets = next_item_pairs(seqs, self.content.cfg.max_len)
         inputs, targets = inputs.to(device), targets.to(device)
-        h = self.content.hidden(inputs)
+        items = self.content.item_vectors()
+        h = self.content.hidden(inputs, items)
         real = targets > 0
         hr, t = h[real], targets[real]
-        items = self.content.item_vectors()
         if cfg.rec_loss == "infonce":
             rec = cosine_info_nce(hr, items, t, self.logit_scale, cfg.num_negatives, generator)
         elif cfg.rec_loss == "bce":
@@ -90,13 +107,15 @@ class Molar(nn.Module):
                                          targets[:, -id_in.shape[1]:][real[:, -id_in.shape[1]:]])
                 total = total + id_rec
                 parts["id_rec"] = float(id_rec.detach())
+            elif cfg.align_positions == "last":
+                hid = None  # only the last position is needed: cached per sequence below
             else:
                 self.id_model.eval()
                 with torch.no_grad():
                     hid = self.id_model.hidden(id_in)
             if cfg.align_alpha > 0:
                 if cfg.align_positions == "last":
-                    a, b = h[:, -1], hid[:, -1]
+                    a, b = h[:, -1], hid[:, -1] if hid is not None else self._frozen_id_users(seqs, id_in)
                 else:
                     keep = real[:, -id_in.shape[1]:]
                     a, b = h[:, -id_in.shape[1]:][keep], hid[keep]
@@ -108,7 +127,7 @@ class Molar(nn.Module):
                 align = symmetric_info_nce(a, b, cfg.align_tau)
                 if cfg.align_items:
                     ids = torch.unique(t)[: cfg.align_max_rows]
-                    ai = self.content.item_table(ids)
+                    ai = items[ids - 1]
                     bi = self.id_model.item_emb(ids).detach() if not cfg.joint else self.id_model.item_emb(ids)
                     if self.head is not None:
                         ai = self.head(ai)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from molar_core.models.causal_transformer import CausalTransformer
+from molar_core.models.causal_transformer import CausalTransformer, Dropout
 
 
 @dataclass
@@ -33,7 +33,7 @@ class SASRec(nn.Module):
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0)
         self.encoder = CausalTransformer(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.emb_drop = Dropout(cfg.dropout)
         nn.init.normal_(self.item_emb.weight, std=cfg.dim ** -0.5)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
