@@ -143,7 +143,7 @@ def main() -> None:
 
     from molar_core.encoders.sentence import default_model_dir
 
-    bert_cfg = AutoConfig.from_pretrained(default_model_dir())
+    bert_cfg = AutoConfig.from_pretrained(default_model_dir(), trust_remote_code=False)
     for threads in (1, 2):
         for dtype, key in (("float32", "fp32"), ("bfloat16", "bf16")):
             enc, sec = time_encoder(EncoderConfig(encoder="sentence", dtype=dtype, batch_size=64), texts,

