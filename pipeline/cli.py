@@ -32,23 +32,12 @@ def _fail(err: Exception) -> None:
 
 
 def _stage(name: str, params: Path) -> None:
+    """Run a stage's own entry point (the one DVC calls) with the validated params."""
+    import importlib
+
     try:
         p = load_params(params)
-        if name == "prepare":
-            from stages import prepare
-            prepare.run(p.prepare)
-        elif name == "train_id":
-            from stages import train_id
-            train_id.run(p.train_id, p.protocol)
-        elif name == "embed":
-            from stages import embed
-            embed.run(p.embed)
-        elif name == "index":
-            from stages import index
-            index.run(p.index)
-        elif name == "evaluate":
-            from stages import evaluate
-            evaluate.run(p.evaluate, p.protocol)
+        importlib.import_module(f"stages.{name}").main(p)
     except MolarError as err:
         _fail(err)
 

@@ -17,7 +17,7 @@ from molar_core.encoders import EncoderConfig, build_encoder
 from molar_core.io import runtime_info, write_json_atomic
 from molar_core.store import update_embeddings
 from pipeline import paths
-from pipeline.params import EmbedParams
+from pipeline.params import EmbedParams, Params
 from stages.common import console, params_from_argv, read_prepared, run_main, summary
 
 METRICS = paths.METRICS_DIR / "embed.json"
@@ -65,8 +65,10 @@ def run(p: EmbedParams, root: Path = Path(".")) -> dict:
     return metrics
 
 
-def main() -> None:
-    run(params_from_argv().embed)
+def main(params: Params | None = None) -> None:
+    """`python -m stages.embed [params.yaml]`, or `molar` with params it has already validated."""
+    params = params or params_from_argv()
+    run(params.embed)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from molar_core.io import atomic_path, runtime_info, write_json_atomic, write_pa
 from molar_core.metrics import bootstrap_ci, mean_metrics, paired_bootstrap, per_user_metrics, ranks_from_lists
 from molar_core.vectors import load_user_vectors
 from pipeline import paths
-from pipeline.params import EvaluateParams, ProtocolParams
+from pipeline.params import EvaluateParams, Params, ProtocolParams
 from stages.common import params_from_argv, read_prepared, read_stats, run_main, summary
 
 HISTORY_BUCKETS = [0, 10, 20, 50, 100, 200, 10**9]
@@ -104,8 +104,9 @@ def run(p: EvaluateParams, protocol: ProtocolParams, root: Path = Path(".")) -> 
     return metrics
 
 
-def main() -> None:
-    params = params_from_argv()
+def main(params: Params | None = None) -> None:
+    """`python -m stages.evaluate [params.yaml]`, or `molar` with params it has already validated."""
+    params = params or params_from_argv()
     run(params.evaluate, params.protocol)
 
 

@@ -8,7 +8,7 @@ from molar_core.index import build_index, save_index
 from molar_core.io import runtime_info, sha256_file, write_json_atomic
 from molar_core.vectors import load_item_vectors
 from pipeline import paths
-from pipeline.params import IndexParams
+from pipeline.params import IndexParams, Params
 from stages.common import params_from_argv, read_stats, run_main, summary
 
 
@@ -30,8 +30,10 @@ def run(p: IndexParams, root: Path = Path(".")) -> dict:
     return infos
 
 
-def main() -> None:
-    run(params_from_argv().index)
+def main(params: Params | None = None) -> None:
+    """`python -m stages.index [params.yaml]`, or `molar` with params it has already validated."""
+    params = params or params_from_argv()
+    run(params.index)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from molar_core.data.table import TableMapping, load_table
 from molar_core.errors import DataError
 from molar_core.io import atomic_dir, runtime_info, write_json_atomic, write_parquet_atomic
 from pipeline import paths
-from pipeline.params import PrepareParams
+from pipeline.params import Params, PrepareParams
 from stages.common import params_from_argv, run_main, summary
 
 
@@ -84,8 +84,10 @@ def run(p: PrepareParams, root: Path = Path(".")) -> dict:
     return stats
 
 
-def main() -> None:
-    run(params_from_argv().prepare)
+def main(params: Params | None = None) -> None:
+    """`python -m stages.prepare [params.yaml]`, or `molar` with params it has already validated."""
+    params = params or params_from_argv()
+    run(params.prepare)
 
 
 if __name__ == "__main__":

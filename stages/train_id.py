@@ -13,7 +13,7 @@ from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
 from molar_core.training import FitConfig, encode_users, fit, pick_device, ranking_metrics, seed_everything
 from molar_core.vectors import USER_VECTORS_DOC, save_item_vectors, save_tensors, save_user_vectors
 from pipeline import paths
-from pipeline.params import ProtocolParams, TrainIdParams
+from pipeline.params import Params, ProtocolParams, TrainIdParams
 from stages.common import (
     data_fingerprint,
     epoch_progress,
@@ -83,8 +83,9 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     return config
 
 
-def main() -> None:
-    params = params_from_argv()
+def main(params: Params | None = None) -> None:
+    """`python -m stages.train_id [params.yaml]`, or `molar` with params it has already validated."""
+    params = params or params_from_argv()
     run(params.train_id, params.protocol)
 
 
