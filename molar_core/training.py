@@ -46,6 +46,7 @@ class FitConfig:
     monitor: str = "ndcg@10"
     warmup_steps: int = 0
     cosine: bool = False
+    precision: str = "fp32"  # fp32 | bf16: autocast the training forward (CPUs with AVX512-BF16/AMX, GPUs)
 
 
 @dataclass
@@ -61,6 +62,9 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
     """Train with AdamW, validate each epoch, stop after `patience` epochs without improvement of
     `cfg.monitor`, and leave the model in its best state."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
+    device_type = next(model.parameters()).device.type
     steps_per_epoch = math.ceil(len(train_seqs) / cfg.batch_size)
     total = steps_per_epoch * cfg.max_epochs
 
@@ -81,7 +85,8 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
         sums: dict[str, float] = {}
         for s in range(0, len(order), cfg.batch_size):
             batch = [train_seqs[i] for i in order[s:s + cfg.batch_size]]
-            loss, parts = loss_fn(batch)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                loss, parts = loss_fn(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -121,6 +121,7 @@ class UserModelParams(Section):
     min_epochs: int = Field(1, ge=1)
     threads: int = Field(0, ge=0)  # torch threads; 0 = torch's default
     device: str = "auto"  # auto | cpu | cuda
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast training (faster where the CPU/GPU has bf16)
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> "UserModelParams":

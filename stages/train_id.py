@@ -52,7 +52,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
         result = fit(model, seqs, lambda b: sasrec_loss(model, b, p.loss, p.num_negatives, gen), validate,
                      FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
                                max_epochs=p.max_epochs, patience=p.patience, min_epochs=p.min_epochs,
-                               monitor=metric),
+                               precision=p.precision, monitor=metric),
                      gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
                                                        f"{row['valid_' + metric]:.4f}"))
     model.eval()
