@@ -6,6 +6,7 @@ Also the whole `embed` stage as DVC runs it (`python -m stages.embed`, a fresh p
 the default params: it must finish ML-100K in under 2 minutes on the 2-core CPU.
 
     python bench/embed.py [--data ../shared/datasets/ml-100k] [--mllm-sample 256] [--skip-stage]
+    .venv-vllm/bin/python bench/embed.py --skip-stage [--mllm-model DIR]   # adds vLLM against transformers
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "ml-100k")
     ap.add_argument("--mllm-sample", type=int, default=256)
     ap.add_argument("--skip-stage", action="store_true")
+    ap.add_argument("--mllm-model", default=None, help="model for vLLM vs transformers (default: a tiny Qwen2-VL)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="molar-bench-data-"))
@@ -178,8 +180,29 @@ def main() -> None:
                              f"{s:.0f}", f"{q_fl / 1e9:.1f}", f"~{0.5 * peaks[2]['bf16'] * 1e9 / q_fl:.1f}",
                              "-", "assumes 50% of bf16 peak"])
 
+    # vLLM against transformers on one model (the same items; on a GPU pass a real model with --mllm-model)
     reason = vllm_unavailable_reason()
-    rows.append(["any", "vllm", "-", "-", "-", "-", "-", "-", f"unavailable: {reason}" if reason else "imports"])
+    if reason:
+        rows.append(["any", "vllm", "-", "-", "-", "-", "-", "-", f"unavailable: {reason}"])
+    else:
+        from molar_core.encoders.tiny import build_tiny_qwen2vl
+
+        model = args.mllm_model or str(build_tiny_qwen2vl(work / "tiny128", seed=0, hidden=128, heads=2))
+        name = "tiny Qwen2-VL h128" if args.mllm_model is None else Path(model).name
+        threads = 2
+        walls, vecs = {}, {}
+        for backend in ("transformers", "vllm"):
+            cfg = EncoderConfig(encoder="mllm", model=model, backend=backend, max_pixels=28 * 28 * 4, batch_size=32,
+                                dtype="auto")
+            t0 = time.perf_counter()
+            enc, sec = time_encoder(cfg, s_texts, s_images, threads)
+            vecs[backend] = enc.encode(s_texts[:32], s_images[:32])
+            walls[backend] = sec
+            rows.append([f"mllm {name}", backend, str(threads), f"{len(sample):,}", "-", "-",
+                         f"{len(sample) / sec:,.0f}", "-", f"load+warm-up {time.perf_counter() - t0 - sec:.0f} s"])
+        cos = torch.nn.functional.cosine_similarity(vecs["transformers"], vecs["vllm"], dim=1)
+        rows.append([f"mllm {name}", "vllm / transformers", str(threads), "-", "-", "-",
+                     f"{walls['transformers'] / walls['vllm']:.2f}x", "-", f"min cosine {cos.min():.5f}"])
 
     head = ["encoder", "backend", "threads", "items", "tokens/item", "GFLOP/item", "items/s", "GFLOP/s",
             "of machine peak"]

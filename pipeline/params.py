@@ -148,6 +148,9 @@ class TrainParams(UserModelParams):
 
     adapter_hidden: int = Field(256, ge=1)
     hybrid: bool = False  # add a learnable item-id embedding to the adapted content vector
+    user_encoder: Literal["small", "llm"] = "small"  # llm: the layers of a pretrained decoder LLM (GPU users)
+    llm_model: str | None = None  # user_encoder llm: HF id or local dir of a causal LM; dim = its hidden size
+    llm_layers: int | None = Field(None, ge=1)  # keep only the LLM's first N layers
     rec_loss: Literal["infonce", "bce", "ce"] = "infonce"
     num_negatives: int | None = Field(None, ge=1)  # null: the whole catalogue is negatives
     temperature: float = Field(0.07, gt=0.0)
@@ -157,6 +160,12 @@ class TrainParams(UserModelParams):
     align_head: bool = True
     align_items: bool = False
     joint: bool = False  # train SASRec jointly instead of keeping it frozen
+
+    @model_validator(mode="after")
+    def _llm_needs_a_model(self) -> "TrainParams":
+        if self.user_encoder == "llm" and not self.llm_model:
+            raise ValueError("user_encoder llm needs llm_model (an HF id or a local causal-LM directory)")
+        return self
 
     def with_overrides(self, name: str, over: dict) -> "TrainParams":
         """The settings of variant `name`: these keys with its overrides applied (errors name the variant)."""

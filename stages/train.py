@@ -46,9 +46,17 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
         torch.set_num_threads(p.threads)
     gen = seed_everything(p.seed)
     device = pick_device(p.device)
-    ccfg = ContentConfig(num_items=stats["items"], input_dim=feats.shape[1], max_len=p.max_len, dim=p.dim,
+    dim, llm_dir = p.dim, None
+    if p.user_encoder == "llm":  # the user transformer is a pretrained LLM's: its width decides dim
+        from transformers import AutoConfig
+
+        from molar_core.encoders.base import locate_model
+
+        llm_dir = str(locate_model(p.llm_model, None, "train.llm_model"))
+        dim = int(AutoConfig.from_pretrained(llm_dir, trust_remote_code=False).hidden_size)
+    ccfg = ContentConfig(num_items=stats["items"], input_dim=feats.shape[1], max_len=p.max_len, dim=dim,
                          layers=p.layers, heads=p.heads, dropout=p.dropout, adapter_hidden=p.adapter_hidden,
-                         hybrid=p.hybrid)
+                         hybrid=p.hybrid, user_encoder=p.user_encoder, llm_model=llm_dir, llm_layers=p.llm_layers)
     lcfg = MolarLossConfig(rec_loss=p.rec_loss, num_negatives=p.num_negatives, temperature=p.temperature,
                            align_alpha=p.align_alpha, align_tau=p.align_tau, align_positions=p.align_positions,
                            align_head=p.align_head, align_items=p.align_items, joint=p.joint)

@@ -183,7 +183,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     raise EncoderError(f"embed.pooling: {how!r} is not one of last, mean")
 
 
-def locate_model(model: str, revision: str | None) -> Path:
+def locate_model(model: str, revision: str | None, param: str = "embed.model") -> Path:
     """A local model directory for `model`: the directory itself, or the Hugging Face hub's snapshot of an id.
 
     Offline, an id resolves only when the hub cache already holds it; otherwise the error says what to do.
@@ -192,16 +192,16 @@ def locate_model(model: str, revision: str | None) -> Path:
     if p.is_dir():
         return p.resolve()
     if p.exists():
-        raise EncoderError(f"embed.model: {model!r} is a file, not a model directory")
+        raise EncoderError(f"{param}: {model!r} is a file, not a model directory")
     looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1
     if looks_like_path:
-        raise EncoderError(f"embed.model: directory {model!r} not found")
+        raise EncoderError(f"{param}: directory {model!r} not found")
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(model, revision=revision, allow_patterns=HUB_FILES))
     except Exception as err:  # noqa: BLE001  network, auth and missing-repo errors all mean "not available"
         msg = str(err).splitlines()[0] if str(err) else ""
-        raise EncoderError(f"embed.model: {model!r} is not a local directory and the Hugging Face hub could not "
+        raise EncoderError(f"{param}: {model!r} is not a local directory and the Hugging Face hub could not "
                            f"provide it ({type(err).__name__}: {msg}). Give a local model directory "
                            "(e.g. one saved with save_pretrained)") from None

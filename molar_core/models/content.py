@@ -27,6 +27,9 @@ class ContentConfig:
     dropout: float = 0.2
     adapter_hidden: int = 256
     hybrid: bool = False
+    user_encoder: str = "small"  # small: CausalTransformer; llm: layers of a pretrained decoder LLM (llm_model)
+    llm_model: str | None = None  # local directory of a causal LM (user_encoder: llm); dim = its hidden size
+    llm_layers: int | None = None  # keep only the LLM's first N layers (None: all)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +50,18 @@ class ContentUserModel(nn.Module):
             nn.init.normal_(self.id_emb.weight, std=0.02)
             with torch.no_grad():
                 self.id_emb.weight[0].zero_()
-        self.encoder = CausalTransformer(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
+        if cfg.user_encoder == "small":
+            self.encoder = CausalTransformer(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
+        elif cfg.user_encoder == "llm":
+            from molar_core.models.llm_user_encoder import LLMUserEncoder
+
+            if cfg.llm_model is None:
+                raise ValueError("user_encoder llm needs llm_model (a causal LM directory)")
+            self.encoder = LLMUserEncoder.from_pretrained(cfg.llm_model, cfg.llm_layers)
+            if self.encoder.dim != cfg.dim:
+                raise ValueError(f"dim ({cfg.dim}) must equal the LLM's hidden size ({self.encoder.dim})")
+        else:
+            raise ValueError(f"user_encoder must be small or llm, got {cfg.user_encoder!r}")
 
     def item_table(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Adapted vectors of the given item ids (all items 1..N when None)."""
