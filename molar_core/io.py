@@ -103,3 +103,15 @@ def runtime_info(seed: int | None = None) -> dict:
     if seed is not None:
         info["seed"] = seed
     return info
+
+
+def safetensors_metadata(meta: dict) -> dict[str, str]:
+    """safetensors stores metadata in a hash map whose key order changes from run to run; one key holding
+    canonical JSON keeps a file byte-identical across identical runs."""
+    return {"molar": json.dumps(meta, sort_keys=True)}
+
+
+def parse_safetensors_metadata(raw: dict | None) -> dict:
+    """The dict written by safetensors_metadata (plain key/value metadata of older files is returned as is)."""
+    raw = raw or {}
+    return json.loads(raw["molar"]) if "molar" in raw else dict(raw)

@@ -20,6 +20,7 @@ from torch import nn
 from molar_core.data.sequences import pad_left
 from molar_core.metrics import mean_metrics, per_user_metrics
 from molar_core.ranking import target_ranks
+from molar_core.resume import EpochState, TrainingResume
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -58,9 +59,11 @@ class FitResult:
 
 
 def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, validate: Callable[[], dict],
-        cfg: FitConfig, generator: torch.Generator, progress: Callable[[dict], None] | None = None) -> FitResult:
+        cfg: FitConfig, generator: torch.Generator, progress: Callable[[dict], None] | None = None,
+        resume: TrainingResume | None = None) -> FitResult:
     """Train with AdamW, validate each epoch, stop after `patience` epochs without improvement of
-    `cfg.monitor`, and leave the model in its best state."""
+    `cfg.monitor`, and leave the model in its best state. With `resume`, the state after every epoch is saved
+    and a killed run continues from its last finished epoch, giving the same result as an uninterrupted one."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
@@ -76,9 +79,14 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
         return 1.0
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    best, best_epoch, best_state, curve, stale = -math.inf, 0, None, [], 0
-    start = time.perf_counter()
-    for epoch in range(1, cfg.max_epochs + 1):
+    st = EpochState(epoch=0, curve=[], best=-math.inf, best_epoch=0, stale=0, finished=False, seconds=0.0,
+                    best_state=None)
+    if resume is not None:
+        st = resume.load(model, opt, sched, generator) or st
+    start = time.perf_counter() - st.seconds
+    for epoch in range(st.epoch + 1, cfg.max_epochs + 1):
+        if st.finished:
+            break
         model.train()
         t0 = time.perf_counter()
         order = torch.randperm(len(train_seqs), generator=generator).tolist()
@@ -99,21 +107,24 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
             metrics = validate()
         row.update({f"valid_{k}": v for k, v in metrics.items()})
         row["seconds"] = time.perf_counter() - t0
-        curve.append(row)
+        st.curve.append(row)
         if progress:
             progress(row)
+        st.epoch = epoch
         score = metrics[cfg.monitor]
-        if score > best:
-            best, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+        if score > st.best:
+            st.best, st.best_epoch, st.stale = score, epoch, 0
+            st.best_state = copy.deepcopy(model.state_dict())
         else:
-            stale += 1
-            if stale >= cfg.patience and epoch >= cfg.min_epochs:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    best_metrics = {k[len("valid_"):]: v for k, v in curve[best_epoch - 1].items() if k.startswith("valid_")}
-    return FitResult(best_epoch, best_metrics, curve, time.perf_counter() - start)
+            st.stale += 1
+            st.finished = st.stale >= cfg.patience and epoch >= cfg.min_epochs
+        if resume is not None:
+            st.seconds = time.perf_counter() - start
+            resume.save(model, opt, sched, generator, st)
+    if st.best_state is not None:
+        model.load_state_dict(st.best_state)
+    best_metrics = {k[len("valid_"):]: v for k, v in st.curve[st.best_epoch - 1].items() if k.startswith("valid_")}
+    return FitResult(st.best_epoch, best_metrics, st.curve, time.perf_counter() - start)
 
 
 @torch.no_grad()

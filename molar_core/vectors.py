@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from molar_core.errors import ArtifactError
-from molar_core.io import atomic_path
+from molar_core.io import atomic_path, safetensors_metadata
 
 USER_VECTORS_DOC = ("user vectors after the train/valid/test histories (evaluation) and after the whole sequence "
                     "(next: recommendations)")
@@ -24,7 +24,8 @@ USER_VECTORS_DOC = ("user vectors after the train/valid/test histories (evaluati
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                  metadata=safetensors_metadata(metadata) if metadata else None)
 
 
 def load_tensors(path: str | Path, rebuild: str | None = None) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ STATS = PREPARED / "stats.json"
 ARTIFACTS = Path("artifacts")
 INDEX_DIR = ARTIFACTS / "index"
 EMBEDDINGS = ARTIFACTS / "embeddings"  # embed: shard-*.safetensors + manifest.json (persist)
+RESUME_DIR = Path(".molar/resume")  # per-epoch training state of an unfinished run (deleted when it finishes)
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
+import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from molar_core.errors import ArtifactError, MolarError
 from molar_core.io import read_json, sha256_file, write_bytes_atomic
+from molar_core.resume import TrainingResume
 from pipeline import paths
 from pipeline.params import Params, load_params
 
@@ -43,6 +46,12 @@ def full_sequences(test: pl.DataFrame) -> list[list[int]]:
 def data_fingerprint(root: Path, stats: dict) -> dict:
     """What a checkpoint was trained on, so a copy used elsewhere can check its data (see molar_core.checkpoint)."""
     return {"items_sha256": sha256_file(root / paths.ITEMS), "num_items": stats["items"], "num_users": stats["users"]}
+
+
+def training_resume(root: Path, name: str, *settings: dict) -> TrainingResume:
+    """Per-epoch resume state of training run `name`, valid only for these settings and this prepared data."""
+    blob = json.dumps([*settings, sha256_file(root / paths.ITEMS), sha256_file(root / paths.TRAIN)], sort_keys=True)
+    return TrainingResume(root / paths.RESUME_DIR / name, hashlib.sha256(blob.encode()).hexdigest())
 
 
 def read_stats(root: Path) -> dict:

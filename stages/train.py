@@ -14,7 +14,7 @@ import torch
 from molar_core.checkpoint import CHECKPOINT_FORMAT
 from molar_core.data.sequences import training_windows
 from molar_core.errors import ArtifactError
-from molar_core.io import atomic_dir, runtime_info, write_json_atomic
+from molar_core.io import atomic_dir, runtime_info, sha256_file, write_json_atomic
 from molar_core.models.content import ContentConfig, ContentUserModel
 from molar_core.models.molar import Molar, MolarLossConfig
 from molar_core.models.sasrec import load_sasrec
@@ -31,6 +31,7 @@ from stages.common import (
     read_stats,
     run_main,
     summary,
+    training_resume,
     write_curve,
 )
 
@@ -74,6 +75,9 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
             return model.scoring_form(model.item_vectors().detach().float().cpu())
 
     metric = protocol.early_stop_metric
+    id_ckpt = root / paths.model_dir("sasrec") / "model.safetensors"
+    resume = training_resume(root, name, p.model_dump(), protocol.model_dump(),
+                             {"id_model": sha256_file(id_ckpt) if id_model is not None else None})
     with epoch_progress(p.max_epochs) as advance:
         result = fit(model, seqs, lambda b: model.loss(b, gen),
                      lambda: ranking_metrics(user_vectors(vh), item_vectors(), vh, vt, protocol.ks, mask),
@@ -81,7 +85,7 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
                                max_epochs=p.max_epochs, patience=p.patience, min_epochs=p.min_epochs,
                                precision=p.precision, monitor=metric),
                      gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
-                                                       f"{row['valid_' + metric]:.4f}"))
+                                                       f"{row['valid_' + metric]:.4f}"), resume=resume)
     model.eval()
     user_ids = torch.tensor(train["user_id"].to_list())
     histories = {"train": train["items"].to_list(), "valid": vh, "test": test["history"].to_list(),
@@ -97,7 +101,8 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
               "id_model": str(paths.model_dir("sasrec")) if id_model is not None else None,
               "scoring": "cosine (user and item vectors saved L2-normalised)" if p.rec_loss == "infonce" else "dot",
               "best_epoch": result.best_epoch, "epochs_run": len(result.curve), "valid": result.best_metrics,
-              "train_seconds": result.seconds, "runtime": runtime_info(p.seed),
+              "train_seconds": result.seconds, "resumed_after_epoch": resume.resumed_from,
+              "runtime": runtime_info(p.seed),
               "files": {"model.safetensors": "state dict (without the frozen ID model)",
                         "item_vectors.safetensors": "items 1..N scoring vectors", "user_vectors.safetensors": USER_VECTORS_DOC}}
     with atomic_dir(root / paths.model_dir(name)) as out:
@@ -105,6 +110,7 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
         save_item_vectors(out / "item_vectors.safetensors", item_vecs, meta)
         save_user_vectors(out / "user_vectors.safetensors", user_ids, splits, meta)
         write_json_atomic(out / "config.json", config)
+    resume.clear()
     write_curve(root / paths.PLOTS_DIR / "train" / f"{name}.csv", result.curve)
     write_json_atomic(root / paths.METRICS_DIR / f"train_{name}.json",
                       {"best_epoch": result.best_epoch, "valid": result.best_metrics,

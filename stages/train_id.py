@@ -23,6 +23,7 @@ from stages.common import (
     read_stats,
     run_main,
     summary,
+    training_resume,
     write_curve,
 )
 
@@ -48,13 +49,14 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
         return ranking_metrics(users, model.item_vectors().detach().float().cpu(), vh, vt, protocol.ks, mask)
 
     metric = protocol.early_stop_metric
+    resume = training_resume(root, MODEL, p.model_dump(), protocol.model_dump())
     with epoch_progress(p.max_epochs) as advance:
         result = fit(model, seqs, lambda b: sasrec_loss(model, b, p.loss, p.num_negatives, gen), validate,
                      FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
                                max_epochs=p.max_epochs, patience=p.patience, min_epochs=p.min_epochs,
                                precision=p.precision, monitor=metric),
                      gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
-                                                       f"{row['valid_' + metric]:.4f}"))
+                                                       f"{row['valid_' + metric]:.4f}"), resume=resume)
     model.eval()
     user_ids = torch.tensor(train["user_id"].to_list())
     splits = {"train": encode_users(model.user_vectors, train["items"].to_list(), p.max_len, device),
@@ -65,7 +67,8 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     config = {"format_version": CHECKPOINT_FORMAT, "model": MODEL, "data": data_fingerprint(root, stats),
               "config": cfg.to_dict(), "params": p.model_dump(), "protocol": protocol.model_dump(),
               "best_epoch": result.best_epoch, "epochs_run": len(result.curve), "valid": result.best_metrics,
-              "train_seconds": result.seconds, "training_windows": len(seqs), "runtime": runtime_info(p.seed),
+              "train_seconds": result.seconds, "training_windows": len(seqs), "resumed_after_epoch": resume.resumed_from,
+              "runtime": runtime_info(p.seed),
               "files": {"model.safetensors": "state dict", "item_vectors.safetensors": "items 1..N scoring vectors",
                         "user_vectors.safetensors": USER_VECTORS_DOC}}
     with atomic_dir(root / paths.model_dir(MODEL)) as out:
@@ -73,6 +76,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
         save_item_vectors(out / "item_vectors.safetensors", model.item_vectors().detach().cpu(), meta)
         save_user_vectors(out / "user_vectors.safetensors", user_ids, splits, meta)
         write_json_atomic(out / "config.json", config)
+    resume.clear()
     write_curve(root / paths.PLOTS_DIR / "train_id" / "curve.csv", result.curve)
     write_json_atomic(root / paths.METRICS_DIR / "train_id.json",
                       {"best_epoch": result.best_epoch, "valid": result.best_metrics,

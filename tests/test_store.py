@@ -258,3 +258,16 @@ def test_update_streams_in_windows_and_encodes_each_content_once(tmp_path):
     assert torch.equal(vectors, torch.stack([vec(t) for t in texts]))
     again = update_embeddings(tmp_path, items, FakeEncoder(), shard_size=256)
     assert (again.embedded, again.reused, again.shards_written) == (0, 2000, [])
+
+
+def test_identical_runs_write_byte_identical_shards(tmp_path):
+    """safetensors keeps metadata in a hash map: molar writes it as one canonical key so bytes repeat."""
+    from molar_core.store.shards import write_shard
+
+    vecs, hashes = torch.arange(12, dtype=torch.float32).reshape(3, 4), ["a" * 64, "b" * 64, "c" * 64]
+    blobs = set()
+    for i in range(6):
+        path = tmp_path / f"s{i}.safetensors"
+        write_shard(path, vecs, hashes, torch.tensor([0, 1, 0]), "h" * 64)
+        blobs.add(path.read_bytes())
+    assert len(blobs) == 1

@@ -17,7 +17,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from molar_core.errors import ArtifactError
-from molar_core.io import write_bytes_atomic
+from molar_core.io import parse_safetensors_metadata, safetensors_metadata, write_bytes_atomic
 
 HASH_BYTES = 32
 PREFIX, SUFFIX = "shard-", ".safetensors"
@@ -81,7 +81,8 @@ def write_shard(path: Path, vectors: torch.Tensor, hashes: list[str], image_used
     blob = save_bytes({"vectors": vectors.detach().to(torch.float32).contiguous().cpu(),
                        "content_hashes": hashes_to_tensor(hashes),
                        "image_used": image_used.to(torch.uint8).contiguous().cpu()},
-                      metadata={"format": "molar-embeddings-shard/1", "settings_hash": settings_hash})
+                      metadata=safetensors_metadata({"format": "molar-embeddings-shard/1",
+                                                     "settings_hash": settings_hash}))
     write_bytes_atomic(path, blob)
     return ShardEntry(path.name, n, hashlib.sha256(blob).hexdigest(), len(blob))
 
@@ -89,7 +90,7 @@ def write_shard(path: Path, vectors: torch.Tensor, hashes: list[str], image_used
 def _metadata(blob: bytes) -> dict:
     """The `__metadata__` of a safetensors blob (8-byte little-endian header length, then a JSON header)."""
     n = int.from_bytes(blob[:8], "little")
-    return json.loads(blob[8:8 + n]).get("__metadata__") or {}
+    return parse_safetensors_metadata(json.loads(blob[8:8 + n]).get("__metadata__"))
 
 
 def read_shard(path: Path, entry: ShardEntry, dim: int, settings_hash: str) -> Shard:

@@ -1,0 +1,104 @@
+"""Per-epoch training state on disk, so a killed training run resumes at its next epoch with the same result.
+
+One safetensors file holds everything a bit-identical continuation needs: model and best-so-far weights, the
+AdamW moments, the torch and sampling-generator RNG states, and (as JSON metadata) the epoch, the curve, the
+early-stopping counters and the LR schedule position. It is replaced atomically after every epoch, and it carries
+a fingerprint of the run's params and data: state from other params or data is ignored and replaced, never
+resumed. No pickle: only tensors and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from molar_core.io import atomic_path
+
+STATE_FILE = "state.safetensors"
+
+
+@dataclass
+class EpochState:
+    """What the loop needs besides tensors already restored into the model, optimiser and generator."""
+
+    epoch: int
+    curve: list[dict]
+    best: float
+    best_epoch: int
+    stale: int
+    finished: bool
+    seconds: float
+    best_state: dict[str, torch.Tensor] | None
+
+
+class TrainingResume:
+    def __init__(self, directory: str | Path, fingerprint: str):
+        self.dir = Path(directory)
+        self.fingerprint = fingerprint
+        self.resumed_from: int | None = None  # epoch the current run continued after (None: fresh start)
+
+    @property
+    def path(self) -> Path:
+        return self.dir / STATE_FILE
+
+    def save(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched, generator: torch.Generator,
+             state: EpochState) -> None:
+        tensors = {f"model.{k}": v.detach() for k, v in model.state_dict().items()}
+        if state.best_state is not None:
+            tensors.update({f"best.{k}": v for k, v in state.best_state.items()})
+        opt_state = opt.state_dict()
+        for pid, slots in opt_state["state"].items():
+            for name, value in slots.items():
+                tensors[f"opt.{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.generator"] = generator.get_state()
+        meta = {"fingerprint": self.fingerprint, "epoch": state.epoch, "curve": state.curve, "best": state.best,
+                "best_epoch": state.best_epoch, "stale": state.stale, "finished": state.finished,
+                "seconds": state.seconds, "scheduler": sched.state_dict(), "param_groups": opt_state["param_groups"],
+                "has_best": state.best_state is not None}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                      metadata={"state": json.dumps(meta)})
+
+    def load(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched,
+             generator: torch.Generator) -> EpochState | None:
+        """Restore a matching saved state into model, optimiser, scheduler and RNGs; None to start fresh."""
+        if not self.path.exists():
+            return None
+        try:
+            tensors = load_file(str(self.path))
+            with open(self.path, "rb") as f:  # the JSON metadata sits in the safetensors header
+                header_len = int.from_bytes(f.read(8), "little")
+                meta = json.loads(json.loads(f.read(header_len))["__metadata__"]["state"])
+        except (SafetensorError, OSError, ValueError, KeyError):
+            return None  # unreadable: start over (it is replaced after the first epoch)
+        if meta.get("fingerprint") != self.fingerprint:
+            return None
+        device = next(model.parameters()).device
+        model.load_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")})
+        opt_state: dict = {"state": {}, "param_groups": meta["param_groups"]}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, pid, name = key.split(".", 2)
+                opt_state["state"].setdefault(int(pid), {})[name] = value.to(device) if name != "step" else value
+        opt.load_state_dict(opt_state)
+        sched.load_state_dict(meta["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        generator.set_state(tensors["rng.generator"])
+        best_state = ({k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+                      if meta["has_best"] else None)
+        self.resumed_from = int(meta["epoch"])
+        return EpochState(int(meta["epoch"]), meta["curve"], float(meta["best"]), int(meta["best_epoch"]),
+                          int(meta["stale"]), bool(meta["finished"]), float(meta["seconds"]), best_state)
+
+    def clear(self) -> None:
+        """The run finished and its outputs are written: the state is no longer needed."""
+        self.path.unlink(missing_ok=True)
+        if self.dir.exists() and not any(self.dir.iterdir()):
+            self.dir.rmdir()

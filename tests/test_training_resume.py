@@ -1,0 +1,95 @@
+"""A training stage killed (SIGKILL) at a random epoch resumes from its last finished epoch and ends with exactly
+the artifacts of an uninterrupted run; state from other params is never resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+from pipeline import paths
+from stages import prepare
+from tests.conftest import small_params
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+ARTIFACTS = ("model.safetensors", "item_vectors.safetensors", "user_vectors.safetensors")
+
+
+def _workspace(tmp_path: Path, ml_small: Path, epochs: int) -> Path:
+    root = tmp_path / "ws"
+    p = small_params(ml_small)
+    prepare.run(p.prepare, root)
+    params = {"prepare": p.prepare.model_dump(),
+              "train_id": {"max_epochs": epochs, "patience": 100, "dim": 16, "max_len": 20, "batch_size": 32,
+                           "threads": 1}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def _run(root: Path, kill_after_epoch: int | None = None) -> int | None:
+    """Run train_id in a subprocess; with kill_after_epoch, SIGKILL it once the saved state has that epoch."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train_id", "params.yaml"], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = root / paths.RESUME_DIR / "sasrec" / "state.safetensors"
+    if kill_after_epoch is None:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        return None
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with safe_open(str(state), "pt") as f:
+                if json.loads(f.metadata()["state"])["epoch"] >= kill_after_epoch:
+                    break
+        except Exception:  # noqa: BLE001  not written yet, or replaced while reading
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with safe_open(str(state), "pt") as f:
+        return json.loads(f.metadata()["state"])["epoch"]
+
+
+def test_killed_training_resumes_to_identical_artifacts(tmp_path, ml_small):
+    epochs = 6
+    ref_root = _workspace(tmp_path / "ref", ml_small, epochs)
+    _run(ref_root)
+    ref = {name: (ref_root / "artifacts/sasrec" / name).read_bytes() for name in ARTIFACTS}
+    ref_conf = json.loads((ref_root / "artifacts/sasrec/config.json").read_text())
+    assert ref_conf["resumed_after_epoch"] is None and not (ref_root / paths.RESUME_DIR / "sasrec").exists()
+
+    rng = random.Random(0)
+    for trial in range(3):
+        root = _workspace(tmp_path / f"trial{trial}", ml_small, epochs)
+        killed_at = _run(root, kill_after_epoch=rng.randint(1, epochs - 2))
+        assert not (root / "artifacts/sasrec/model.safetensors").exists()  # nothing half-written
+        _run(root)
+        conf = json.loads((root / "artifacts/sasrec/config.json").read_text())
+        assert conf["resumed_after_epoch"] == killed_at  # only the epochs after the last saved one were redone
+        for name in ARTIFACTS:
+            assert (root / "artifacts/sasrec" / name).read_bytes() == ref[name], (trial, name)
+        assert conf["valid"] == ref_conf["valid"] and conf["best_epoch"] == ref_conf["best_epoch"]
+        assert not (root / paths.RESUME_DIR / "sasrec").exists()  # cleared once the outputs are written
+
+
+def test_state_from_other_params_is_not_resumed(tmp_path, ml_small):
+    root = _workspace(tmp_path, ml_small, 4)
+    killed_at = _run(root, kill_after_epoch=1)
+    assert killed_at >= 1
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train_id"]["lr"] = 0.005
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    _run(root)
+    conf = json.loads((root / "artifacts/sasrec/config.json").read_text())
+    assert conf["resumed_after_epoch"] is None and conf["epochs_run"] == 4
