@@ -197,7 +197,7 @@ class EmbedParams(Section):
     model: str | None = None  # HF id or local dir; null = packaged all-MiniLM-L6-v2 (sentence) / Qwen2-VL-2B (mllm);
     #                           "tiny" (mllm) = a tiny random Qwen2-VL built offline (from-scratch encoder)
     revision: str | None = None  # HF revision (ids only); local dirs are identified by a fingerprint of their files
-    backend: Literal["transformers", "vllm"] = "transformers"
+    backend: Literal["auto", "transformers", "vllm"] = "auto"  # auto: vllm for mllm where it imports
     fallback_to_transformers: bool = False  # backend vllm unavailable: use transformers instead of failing
     prompt: str = "Compress the text and image into embedding. Item information: {text}. Item Image: <image>"
     prompt_text_only: str = "Compress the text into embedding. Item information: {text}."  # items without image

@@ -286,6 +286,17 @@ def test_vllm_serves_only_the_mllm_encoder(monkeypatch):
     import molar_core.encoders.factory as factory
     from molar_core.encoders.backends import BackendChoice
 
-    monkeypatch.setattr(factory, "choose_backend", lambda requested, fallback: BackendChoice("vllm", "vllm"))
+    monkeypatch.setattr(factory, "choose_backend", lambda requested, fallback, encoder: BackendChoice("vllm", "vllm"))
     with pytest.raises(EncoderError, match="sentence encoder runs on transformers"):
         factory.build_encoder(EncoderConfig(encoder="sentence", backend="vllm"))
+
+
+def test_auto_backend_takes_vllm_only_for_the_mllm_encoder_where_it_imports(monkeypatch):
+    import molar_core.encoders.backends as backends
+
+    monkeypatch.setattr(backends, "vllm_unavailable_reason", lambda: None)
+    assert backends.choose_backend("auto", False, "mllm").used == "vllm"
+    assert backends.choose_backend("auto", False, "sentence").used == "transformers"
+    monkeypatch.setattr(backends, "vllm_unavailable_reason", lambda: "`import vllm` failed")
+    choice = backends.choose_backend("auto", False, "mllm")
+    assert choice.used == "transformers" and choice.note is None

@@ -48,9 +48,9 @@ def test_vllm_backend_matches_transformers(tmp_path, one_torch_thread):
     write_items(vllm_root, TITLES)
     assert 0 < int(items["has_image"].sum()) < items.height  # both kinds of item are compared
 
-    hf = run(EmbedParams(**settings), hf_root)
+    hf = run(EmbedParams(**settings, backend="transformers"), hf_root)
     params = vllm_root / "params.yaml"
-    params.write_text(yaml.safe_dump({"embed": {**settings, "backend": "vllm"}}))
+    params.write_text(yaml.safe_dump({"embed": settings}))  # backend auto: vLLM is the default where it imports
     env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([py, "-m", "stages.embed", str(params)], cwd=vllm_root, env=env, capture_output=True,
                          text=True, timeout=900)

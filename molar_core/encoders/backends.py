@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from molar_core.encoders.base import EncoderError
 
-BACKENDS = ("transformers", "vllm")
+BACKENDS = ("auto", "transformers", "vllm")
 
 
 @dataclass
@@ -31,9 +31,13 @@ def vllm_unavailable_reason() -> str | None:
     return None
 
 
-def choose_backend(requested: str, fallback_to_transformers: bool) -> BackendChoice:
+def choose_backend(requested: str, fallback_to_transformers: bool, encoder: str = "mllm") -> BackendChoice:
+    """`auto`: vLLM for the mllm encoder where it imports, else transformers (the sentence encoder always)."""
     if requested not in BACKENDS:
         raise EncoderError(f"embed.backend: {requested!r} is not one of {', '.join(BACKENDS)}")
+    if requested == "auto":
+        use = "vllm" if encoder == "mllm" and vllm_unavailable_reason() is None else "transformers"
+        return BackendChoice(requested, use)
     if requested == "transformers":
         return BackendChoice(requested, "transformers")
     reason = vllm_unavailable_reason()

@@ -30,7 +30,7 @@ class EncoderConfig:
     encoder: str = "sentence"  # sentence | mllm
     model: str | None = None  # local dir, HF id, "tiny" (mllm: build a tiny random Qwen2-VL); None = default
     revision: str | None = None
-    backend: str = "transformers"  # transformers | vllm
+    backend: str = "auto"  # auto (vllm for mllm where installed) | transformers | vllm
     fallback_to_transformers: bool = False
     prompt: str = "Compress the text and image into embedding. Item information: {text}. Item Image: <image>"
     prompt_text_only: str = "Compress the text into embedding. Item information: {text}."

@@ -16,7 +16,7 @@ TINY = "tiny"  # embed.model: tiny builds a tiny random Qwen2-VL (seed 0): a fro
 
 def build_encoder(cfg: EncoderConfig) -> ItemEncoder:
     """The encoder for `cfg`; `encoder.backend_note` says when vLLM was asked for and transformers is used."""
-    choice = choose_backend(cfg.backend, cfg.fallback_to_transformers)
+    choice = choose_backend(cfg.backend, cfg.fallback_to_transformers, cfg.encoder)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     keep: tempfile.TemporaryDirectory | None = None
