@@ -1,6 +1,7 @@
 """The default pipeline over several seeds: wall time of each stage and every model's test metrics.
 
     python bench/pipeline.py [--params params.yaml] [--data DIR] [--seeds 0 1 2] [--sasrec-only]
+    python bench/pipeline.py --from-workspaces /tmp/molar-bench-0-* /tmp/molar-bench-1-* ...   # tables only
 
 Runs the real stages in one temporary workspace per seed (prepare and embed once: they do not depend on the
 seed). `--data` points prepare at a local ML-100K copy (RecBole atomic layout); otherwise the stage acquires it
@@ -12,6 +13,7 @@ with the seeds' t-interval and the pooled paired-bootstrap interval over users).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import sys
@@ -50,7 +52,12 @@ def main() -> None:
     ap.add_argument("--data", default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sasrec-only", action="store_true")
+    ap.add_argument("--from-workspaces", nargs="+", default=None,
+                    help="print the tables of finished workspaces (kept by earlier runs) instead of training")
     args = ap.parse_args()
+    if args.from_workspaces:
+        report(*collect(args.from_workspaces))
+        return
     base = load_params(args.params)
     variants = [] if args.sasrec_only else list(base.train_variants)
     models = ["sasrec", *variants]
@@ -83,6 +90,30 @@ def main() -> None:
                                                   .to_numpy())
 
     print(f"\nprepare {t_prepare:.1f} s, embed {t_embed:.1f} s (once)\n")
+    report(rows, per_user, models)
+
+
+def collect(workspaces: list[str]) -> tuple[list[dict], dict, list[str]]:
+    """Rows and per-user test NDCG@10 from finished workspaces (e.g. seeds run in parallel processes)."""
+    loaded = [(Path(ws), json.loads((Path(ws) / "metrics" / "metrics.json").read_text())) for ws in workspaces]
+    models = [k for k in loaded[0][1] if k not in ("protocol", "runtime")]
+    models = [k for k in models if all(k in m for _, m in loaded)]  # the models every workspace evaluated
+    rows, per_user = [], {}
+    for root, m in loaded:
+        times = {}
+        for name in models:
+            f = root / "metrics" / ("train_id.json" if name == "sasrec" else f"train_{name}.json")
+            times[name] = json.loads(f.read_text())["train_seconds"]
+        seed = json.loads((root / "artifacts" / "sasrec" / "config.json").read_text())["runtime"]["seed"]
+        rows.append({"seed": seed, "times": times, "metrics": m})
+        pu = pl.read_parquet(root / "metrics" / "per_user.parquet").filter(pl.col("split") == "test")
+        for model in models:
+            per_user.setdefault(model, []).append(pu.filter(pl.col("model") == model).sort("user_id")["ndcg@10"]
+                                                  .to_numpy())
+    return rows, per_user, models
+
+
+def report(rows: list[dict], per_user: dict, models: list[str]) -> None:
     print("| seed | " + " | ".join(f"{k} s" for k in rows[0]["times"]) + " | "
           + " | ".join(f"{m} NDCG@10" for m in models) + " |")
     print("| --- " * (1 + len(rows[0]["times"]) + len(models)) + "|")
