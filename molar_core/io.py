@@ -7,6 +7,7 @@ file or the new one, never a mix.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -21,11 +22,22 @@ from typing import Any
 import polars as pl
 
 
+def _remove_leftovers(path: Path) -> None:
+    """Temp siblings of `path` left by a killed writer (one writer per path: a new write owns them)."""
+    for stale in [*path.parent.glob(f".{glob.escape(path.name)}.*.tmp"),
+                  *path.parent.glob(f".{glob.escape(path.name)}.old-*")]:
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -58,6 +70,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a whole output directory in a temp sibling, then swap it in; the old one survives any failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
