@@ -28,3 +28,11 @@ class ArtifactError(MolarError):
     def __init__(self, path: str, message: str, rebuild: str | None = None):
         hint = f" (rebuild it with `{rebuild}`)" if rebuild else ""
         super().__init__(f"{path}: {message}{hint}")
+
+
+class OutputError(MolarError):
+    """An output could not be written (disk full, read-only or missing directory): the previous file is intact."""
+
+    def __init__(self, path: str, err: OSError):
+        reason = err.strerror or str(err)
+        super().__init__(f"{path}: cannot write ({reason}); the previous version, if any, is unchanged")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
 from molar_core.io import atomic_dir, atomic_path, write_bytes_atomic
@@ -29,3 +32,29 @@ def test_leftovers_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
         (tmp / "config.json").write_text("{}")
     assert not (tmp_path / ".model.x1.tmp").exists() and not (tmp_path / ".model.old-999").exists()
     assert (d / "config.json").exists()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_full_disk_or_read_only_output_is_a_clear_error_and_keeps_previous_artifacts(ml_small, tmp_path, monkeypatch,
+                                                                                    code):
+    """The prepare stage on a disk that refuses writes: one error naming the file; the last good outputs stay."""
+    import molar_core.io as io_mod
+    from molar_core.errors import OutputError
+    from stages import prepare
+    from tests.conftest import small_params
+
+    p = small_params(ml_small).prepare
+    prepare.run(p, tmp_path)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "data/prepared").iterdir()}
+    real_replace = os.replace
+
+    def refuse(src, dst):
+        if str(dst).endswith(".parquet"):
+            raise OSError(code, os.strerror(code))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io_mod.os, "replace", refuse)
+    with pytest.raises(OutputError, match=rf"items.parquet: cannot write \({os.strerror(code)}\)"):
+        prepare.run(p.model_copy(update={"min_rating": 4}), tmp_path)
+    monkeypatch.undo()
+    assert {f.name: f.read_bytes() for f in (tmp_path / "data/prepared").iterdir()} == before
