@@ -24,7 +24,6 @@ import polars as pl
 
 from molar_core.errors import OutputError
 
-
 # the storage refused the write (full, quota, read-only, permissions): reported as OutputError naming the file
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
