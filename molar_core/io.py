@@ -18,11 +18,22 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from molar_core.errors import OutputError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+
+def _version(package: str) -> str | None:
+    """A package's installed version without importing it (None where it is absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 # the storage refused the write (full, quota, read-only, permissions): reported as OutputError naming the file
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
@@ -71,7 +82,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode())
 
 
-def write_parquet_atomic(path: str | Path, df: pl.DataFrame) -> None:
+def write_parquet_atomic(path: str | Path, df: "pl.DataFrame") -> None:
     with atomic_path(path) as tmp:
         df.write_parquet(tmp, statistics=True)
 
@@ -131,7 +142,7 @@ def runtime_info(seed: int | None = None) -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "polars": pl.__version__,
+        "polars": _version("polars"),
         "faiss": faiss.__version__,
     }
     if seed is not None:
