@@ -159,7 +159,8 @@ def main() -> None:
     s_texts, s_images = [texts[i] for i in sample], [images[i] for i in sample]
     for max_pixels in (28 * 28, 28 * 28 * 16):
         for threads in (1, 2):
-            enc, sec = time_encoder(EncoderConfig(encoder="mllm", model="tiny", max_pixels=max_pixels, batch_size=32),
+            enc, sec = time_encoder(EncoderConfig(encoder="mllm", model="tiny", max_pixels=max_pixels, batch_size=32,
+                                                  backend="transformers"),
                                     s_texts, s_images, threads)
             tc = enc.backbone.config.get_text_config()
             vc = enc.backbone.config.vision_config
