@@ -117,7 +117,7 @@ class UserModelParams(Section):
     weight_decay: float = Field(0.0, ge=0.0)
     batch_size: int = Field(128, ge=1)
     max_epochs: int = Field(200, ge=1)
-    patience: int = Field(15, ge=1)  # epochs without validation improvement before stopping
+    patience: int = Field(10, ge=1)  # epochs without validation improvement before stopping
     min_epochs: int = Field(1, ge=1)
     threads: int = Field(0, ge=0)  # torch threads; 0 = torch's default
     device: str = "auto"  # auto | cpu | cuda
@@ -136,7 +136,6 @@ class TrainIdParams(UserModelParams):
     loss: Literal["ce", "sampled_softmax"] = "ce"
     num_negatives: int = Field(256, ge=1)  # for sampled_softmax
     lr: float = Field(2e-3, gt=0.0)
-    patience: int = Field(10, ge=1)
 
 
 class TrainParams(UserModelParams):
