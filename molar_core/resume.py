@@ -9,15 +9,14 @@ resumed. No pickle: only tensors and JSON.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
 
-from molar_core.io import atomic_path
+from molar_core.io import parse_safetensors_metadata
+from molar_core.vectors import save_tensors
 
 STATE_FILE = "state.safetensors"
 
@@ -61,10 +60,7 @@ class TrainingResume:
                 "best_epoch": state.best_epoch, "stale": state.stale, "finished": state.finished,
                 "seconds": state.seconds, "scheduler": sched.state_dict(), "param_groups": opt_state["param_groups"],
                 "has_best": state.best_state is not None}
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path) as tmp:
-            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                      metadata={"state": json.dumps(meta)})
+        save_tensors(self.path, tensors, meta)
 
     def load(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched,
              generator: torch.Generator) -> EpochState | None:
@@ -72,11 +68,10 @@ class TrainingResume:
         if not self.path.exists():
             return None
         try:
-            tensors = load_file(str(self.path))
-            with open(self.path, "rb") as f:  # the JSON metadata sits in the safetensors header
-                header_len = int.from_bytes(f.read(8), "little")
-                meta = json.loads(json.loads(f.read(header_len))["__metadata__"]["state"])
-        except (SafetensorError, OSError, ValueError, KeyError):
+            with safe_open(str(self.path), "pt") as f:
+                meta = parse_safetensors_metadata(f.metadata())
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  safe_open has no __iter__
+        except (SafetensorError, OSError, ValueError):
             return None  # unreadable: start over (it is replaced after the first epoch)
         if meta.get("fingerprint") != self.fingerprint:
             return None

@@ -22,7 +22,7 @@ USER_VECTORS_DOC = ("user vectors after the train/valid/test histories (evaluati
                     "(next: recommendations)")
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                   metadata=safetensors_metadata(metadata) if metadata else None)
@@ -65,11 +65,17 @@ def save_user_vectors(path: str | Path, user_ids: torch.Tensor, splits: dict[str
     save_tensors(path, {"user_ids": user_ids.to(torch.int64), **{k: v.float() for k, v in splits.items()}}, metadata)
 
 
-def load_user_vectors(path: str | Path, split: str, user_ids: np.ndarray | None = None,
-                      rebuild: str | None = None) -> np.ndarray:
+def read_user_vectors(path: str | Path, split: str, rebuild: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(user ids, vectors) of one split as stored."""
     t = load_tensors(path, rebuild)
     if split not in t or "user_ids" not in t:
         raise ArtifactError(str(path), f"has no '{split}' user vectors (found {sorted(t)})", rebuild)
-    if user_ids is not None and not np.array_equal(t["user_ids"].numpy(), user_ids):
+    return t["user_ids"].numpy(), t[split].numpy()
+
+
+def load_user_vectors(path: str | Path, split: str, user_ids: np.ndarray | None = None,
+                      rebuild: str | None = None) -> np.ndarray:
+    ids, vectors = read_user_vectors(path, split, rebuild)
+    if user_ids is not None and not np.array_equal(ids, user_ids):
         raise ArtifactError(str(path), "user ids differ from the prepared data (stale artifact)", rebuild)
-    return t[split].numpy()
+    return vectors

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from safetensors import safe_open
 
+from molar_core.io import parse_safetensors_metadata
 from pipeline import paths
 from stages import prepare
 from tests.conftest import small_params
@@ -50,7 +51,7 @@ def _run(root: Path, kill_after_epoch: int | None = None) -> int | None:
     while time.time() < deadline and proc.poll() is None:
         try:
             with safe_open(str(state), "pt") as f:
-                if json.loads(f.metadata()["state"])["epoch"] >= kill_after_epoch:
+                if parse_safetensors_metadata(f.metadata())["epoch"] >= kill_after_epoch:
                     break
         except Exception:  # noqa: BLE001  not written yet, or replaced while reading
             pass
@@ -58,7 +59,7 @@ def _run(root: Path, kill_after_epoch: int | None = None) -> int | None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with safe_open(str(state), "pt") as f:
-        return json.loads(f.metadata()["state"])["epoch"]
+        return parse_safetensors_metadata(f.metadata())["epoch"]
 
 
 def test_killed_training_resumes_to_identical_artifacts(tmp_path, ml_small):
