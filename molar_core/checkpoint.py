@@ -15,7 +15,7 @@ import numpy as np
 
 from molar_core.errors import ArtifactError
 from molar_core.io import sha256_file
-from molar_core.vectors import load_item_vectors, load_tensors
+from molar_core.vectors import load_item_vectors, read_user_vectors
 
 CHECKPOINT_FORMAT = 2  # 1: no `next` user vectors, no data fingerprint; 2: both
 REQUIRED_FILES = ("config.json", "item_vectors.safetensors", "user_vectors.safetensors")
@@ -38,13 +38,17 @@ class Checkpoint:
     def item_vectors(self) -> np.ndarray:
         return load_item_vectors(self.path / "item_vectors.safetensors", self.num_items, self.rebuild)
 
-    def user_vectors(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(user ids, vectors) of one split: train, valid, test or next."""
+    def user_vectors(self, split: str, user_ids: list[int] | None = None) -> np.ndarray:
+        """One split's user vectors (train, valid, test or next), in the order of `user_ids` (all when None)."""
         path = self.path / "user_vectors.safetensors"
-        t = load_tensors(path, self.rebuild)
-        if split not in t or "user_ids" not in t:
-            raise ArtifactError(str(path), f"has no '{split}' user vectors (found {sorted(t)})", self.rebuild)
-        return t["user_ids"].numpy(), t[split].numpy()
+        ids, vectors = read_user_vectors(path, split, self.rebuild)
+        if user_ids is None:
+            return vectors
+        row = {u: i for i, u in enumerate(ids.tolist())}
+        missing = [u for u in user_ids if u not in row]
+        if missing:
+            raise ArtifactError(str(path), f"has no vectors for user_id {missing[:5]} (stale artifact)", self.rebuild)
+        return vectors[[row[u] for u in user_ids]]
 
     def check_data(self, items_path: Path, num_users: int | None = None) -> None:
         """Refuse data other than what the model was trained on (same items table, same user count)."""

@@ -94,8 +94,8 @@ def recommend(user: str = typer.Option(None, "--user", "-u", help="raw user id (
     from molar_core.io import atomic_path
     from molar_core.recommend import recommend as top_k
     from molar_core.recommend import recommendations_table
-    from pipeline.workspace import model_index, open_model, prepared_dir, read_table, user_rows
-    from stages.common import full_sequences
+    from pipeline.workspace import model_index, open_model, prepared_dir, user_rows
+    from stages.common import full_sequences, read_table
 
     try:
         if (user is None) == (not all_users):
@@ -108,10 +108,8 @@ def recommend(user: str = typer.Option(None, "--user", "-u", help="raw user id (
         prep = prepared_dir(root, prepared, checkpoint)
         items, test = read_table(prep, "items"), read_table(prep, "test")
         ckpt.check_data(prep / "items.parquet", test.height)
-        uid, vecs = ckpt.user_vectors("next")
         rows = user_rows(test, user, prep) if user is not None else test
-        pos = {u: i for i, u in enumerate(uid.tolist())}
-        users = vecs[[pos[u] for u in rows["user_id"].to_list()]]
+        users = ckpt.user_vectors("next", rows["user_id"].to_list())
         index, source = model_index(root, ckpt)
         seen = None if include_seen else full_sequences(rows)
         ids, scores = top_k(index, users, ckpt.item_vectors(), seen, k)
@@ -281,7 +279,7 @@ def inspect_index(model: str = typer.Argument("sasrec"), sample: int = typer.Opt
             raise ArtifactError(str(path), "not found", "dvc repro index")
         ckpt = open_model(root, model)
         index = load_index(path, use_gpu="never")
-        _, users = ckpt.user_vectors("test")
+        users = ckpt.user_vectors("test")
         rows = np.random.default_rng(0).choice(len(users), size=min(sample, len(users)), replace=False)
         recall = recall_vs_exact(index, ckpt.item_vectors(), users[np.sort(rows)], k)
     except MolarError as err:

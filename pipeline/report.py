@@ -12,16 +12,17 @@ import base64
 import datetime as dt
 import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from molar_core.errors import ArtifactError
-from molar_core.recommend import recommend
+from molar_core.index import search_masked
+from molar_core.io import read_json
 from pipeline import paths
-from pipeline.workspace import model_index, open_model, read_table
+from pipeline.workspace import model_index, open_model
+from stages.common import read_prepared, read_stats
 
 NON_MODEL_KEYS = {"protocol", "runtime"}
 THUMB_HEIGHT = 96
@@ -42,12 +43,6 @@ th{background:#f4f4f4} td.l,th.l{text-align:left} .muted{color:#777;font-size:.9
 .card.hit img,.card.hit .noimg{border-color:#1a9c3e} .card.target img,.card.target .noimg{border-color:#e08a00}
 .card .t{display:block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 """
-
-
-def _read_json(path: Path, rebuild: str) -> dict:
-    if not path.exists():
-        raise ArtifactError(str(path), "not found", rebuild)
-    return json.loads(path.read_text())
 
 
 def _svg(fig) -> str:
@@ -168,20 +163,16 @@ def _card(item_id: int, titles: dict, thumbs: dict, cls: str = "") -> str:
 
 
 def gallery(root: Path, models: list[str], masking: str, users: int, seed: int, last: int = 5) -> str:
-    prepared = root / paths.PREPARED
-    items, test = read_table(prepared, "items"), read_table(prepared, "test")
+    items, test = read_prepared(root, "items"), read_prepared(root, "test")
     rows = np.sort(np.random.default_rng(seed).choice(test.height, size=min(users, test.height), replace=False))
     sample = test[rows.tolist()]
     histories = sample["history"].to_list()
     tops = {}
     for m in models:
         ckpt = open_model(root, m)
-        uid, vecs = ckpt.user_vectors("test")
-        pos = {u: i for i, u in enumerate(uid.tolist())}
         index, _ = model_index(root, ckpt)
-        ids, _ = recommend(index, vecs[[pos[u] for u in sample["user_id"].to_list()]], ckpt.item_vectors(),
-                           histories if masking == "history" else None, 10)
-        tops[m] = ids
+        tops[m] = search_masked(index, ckpt.user_vectors("test", sample["user_id"].to_list()),
+                                histories if masking == "history" else None, 10)
     shown = {i for h in histories for i in h[-last:]} | set(sample["target"].to_list())
     shown |= {int(i) for ids in tops.values() for i in ids.reshape(-1) if i > 0}
     info = items.filter(pl.col("item_id").is_in(sorted(shown)))
@@ -206,8 +197,11 @@ def gallery(root: Path, models: list[str], masking: str, users: int, seed: int, 
 
 def build_report(root: Path, gallery_users: int = 6, seed: int = 0) -> str:
     """The report page of the workspace at `root`, as one HTML string."""
-    stats = _read_json(root / paths.STATS, "dvc repro prepare")
-    metrics = _read_json(root / paths.METRICS_DIR / "metrics.json", "dvc repro evaluate")
+    stats = read_stats(root)
+    metrics_path = root / paths.METRICS_DIR / "metrics.json"
+    if not metrics_path.exists():
+        raise ArtifactError(str(metrics_path), "not found", "dvc repro evaluate")
+    metrics = read_json(metrics_path)
     models = [m for m in metrics if m not in NON_MODEL_KEYS]
     proto = metrics["protocol"]
     curves = {}

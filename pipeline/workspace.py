@@ -13,12 +13,10 @@ import faiss
 import polars as pl
 
 from molar_core.checkpoint import Checkpoint, open_checkpoint
-from molar_core.errors import ArtifactError, MolarError
+from molar_core.errors import MolarError
 from molar_core.index import build_index, load_index
 from molar_core.io import sha256_file
 from pipeline import paths
-
-PREPARE = "dvc repro prepare"
 
 
 def open_model(root: Path, model: str | None = None, checkpoint: Path | None = None) -> Checkpoint:
@@ -37,13 +35,6 @@ def prepared_dir(root: Path, prepared: Path | None, checkpoint: Path | None) -> 
         raise MolarError(f"--checkpoint {checkpoint} needs --prepared DIR: the data/prepared directory the model "
                          "was trained on (its items.parquet and test.parquet)")
     return root / paths.PREPARED
-
-
-def read_table(prepared: Path, name: str) -> pl.DataFrame:
-    path = prepared / f"{name}.parquet"
-    if not path.exists():
-        raise ArtifactError(str(path), "not found", PREPARE)
-    return pl.read_parquet(path)
 
 
 def model_index(root: Path, ckpt: Checkpoint) -> tuple[faiss.Index, str]:

@@ -31,11 +31,17 @@ def params_from_argv(argv: list[str] | None = None) -> Params:
     return load_params(argv[0] if argv else "params.yaml")
 
 
-def read_prepared(root: Path, name: str) -> pl.DataFrame:
-    path = root / {"items": paths.ITEMS, "train": paths.TRAIN, "valid": paths.VALID, "test": paths.TEST}[name]
+def read_table(prepared: Path, name: str) -> pl.DataFrame:
+    """items, train, valid or test from a prepared-data directory, or an error naming the stage that makes it."""
+    path = prepared / f"{name}.parquet"
     if not path.exists():
         raise ArtifactError(str(path), "not found", "dvc repro prepare (or `molar prepare`)")
     return pl.read_parquet(path)
+
+
+def read_prepared(root: Path, name: str) -> pl.DataFrame:
+    """A prepared table of the workspace at `root`."""
+    return read_table(root / paths.PREPARED, name)
 
 
 def full_sequences(test: pl.DataFrame) -> list[list[int]]:
