@@ -55,7 +55,7 @@ class Checkpoint:
         data = self.config["data"]
         if sha256_file(items_path) != data["items_sha256"]:
             raise ArtifactError(str(self.path), f"was trained on another items table than {items_path} "
-                                "(different sha256): use the prepared data it was trained with", self.rebuild)
+                                "(sha256 differs: stale, or the wrong prepared data)", self.rebuild)
         if num_users is not None and num_users != data["num_users"]:
             raise ArtifactError(str(self.path), f"was trained on {data['num_users']} users, the data has {num_users}",
                                 self.rebuild)

@@ -6,7 +6,6 @@ before `dvc repro` is told what to run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import faiss
@@ -15,8 +14,9 @@ import polars as pl
 from molar_core.checkpoint import Checkpoint, open_checkpoint
 from molar_core.errors import MolarError
 from molar_core.index import build_index, load_index
-from molar_core.io import sha256_file
+from molar_core.io import read_json
 from pipeline import paths
+from stages.common import index_is_current, index_paths
 
 
 def open_model(root: Path, model: str | None = None, checkpoint: Path | None = None) -> Checkpoint:
@@ -40,12 +40,9 @@ def prepared_dir(root: Path, prepared: Path | None, checkpoint: Path | None) -> 
 def model_index(root: Path, ckpt: Checkpoint) -> tuple[faiss.Index, str]:
     """The workspace's FAISS index of this model when it was built from these very item vectors; otherwise an
     exact index built in memory (a copied checkpoint has no index beside it)."""
-    faiss_path = root / paths.INDEX_DIR / f"{ckpt.name}.faiss"
-    info_path = faiss_path.with_suffix(".json")
-    if faiss_path.exists() and info_path.exists():
-        info = json.loads(info_path.read_text())
-        if info.get("item_vectors_sha256") == sha256_file(ckpt.path / "item_vectors.safetensors"):
-            return load_index(faiss_path), f"{faiss_path} ({info.get('factory')})"
+    if index_is_current(root, ckpt):
+        faiss_path, info_path = index_paths(root, ckpt.name)
+        return load_index(faiss_path), f"{faiss_path} ({read_json(info_path).get('factory')})"
     index, _ = build_index(ckpt.item_vectors(), "Flat")
     return index, "exact inner-product index built from item_vectors.safetensors"
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from molar_core.checkpoint import Checkpoint, open_checkpoint
 from molar_core.errors import ArtifactError, MolarError
 from molar_core.io import read_json, sha256_file, write_bytes_atomic
 from molar_core.resume import TrainingResume
@@ -52,6 +53,28 @@ def full_sequences(test: pl.DataFrame) -> list[list[int]]:
 def data_fingerprint(root: Path, stats: dict) -> dict:
     """What a checkpoint was trained on, so a copy used elsewhere can check its data (see molar_core.checkpoint)."""
     return {"items_sha256": sha256_file(root / paths.ITEMS), "num_items": stats["items"], "num_users": stats["users"]}
+
+
+def open_trained(root: Path, model: str, stats: dict) -> Checkpoint:
+    """A model directory of this workspace, refused (naming the stage that rebuilds it) when it was trained on
+    other prepared data than the workspace's: a stale checkpoint would otherwise index and score the wrong items."""
+    ckpt = open_checkpoint(root / paths.model_dir(model), paths.producer(model))
+    ckpt.check_data(root / paths.ITEMS, stats["users"])
+    return ckpt
+
+
+def index_paths(root: Path, model: str) -> tuple[Path, Path]:
+    """A model's FAISS index and the JSON beside it that records what it was built from."""
+    faiss_path = root / paths.INDEX_DIR / f"{model}.faiss"
+    return faiss_path, faiss_path.with_suffix(".json")
+
+
+def index_is_current(root: Path, ckpt: Checkpoint) -> bool:
+    """Whether the workspace's index of this model was built from the checkpoint's item vectors as they are now."""
+    faiss_path, info_path = index_paths(root, ckpt.name)
+    if not (faiss_path.exists() and info_path.exists()):
+        return False
+    return read_json(info_path).get("item_vectors_sha256") == sha256_file(ckpt.path / "item_vectors.safetensors")
 
 
 def training_resume(root: Path, name: str, *settings: dict) -> TrainingResume:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from molar_core.checkpoint import Checkpoint
 from molar_core.errors import ArtifactError
 from molar_core.index import load_index, search_masked
 from molar_core.io import atomic_path, runtime_info, write_json_atomic, write_parquet_atomic
@@ -15,7 +16,16 @@ from molar_core.metrics import bootstrap_ci, mean_metrics, paired_bootstrap, per
 from molar_core.vectors import load_user_vectors
 from pipeline import paths
 from pipeline.params import EvaluateParams, Params, ProtocolParams
-from stages.common import params_from_argv, read_prepared, read_stats, run_main, summary
+from stages.common import (
+    index_is_current,
+    index_paths,
+    open_trained,
+    params_from_argv,
+    read_prepared,
+    read_stats,
+    run_main,
+    summary,
+)
 
 HISTORY_BUCKETS = [0, 10, 20, 50, 100, 200, 10**9]
 POPULARITY_BUCKETS = [0, 1, 10, 50, 100, 200, 10**9]  # training interactions of the test item
@@ -41,11 +51,23 @@ def write_bucket_plot(path: Path, rows: pl.DataFrame, column: str, edges: list[i
         table.write_csv(tmp)
 
 
-def evaluate_model(model: str, index, split: str, table: pl.DataFrame, root: Path, protocol: ProtocolParams,
+def current_index(root: Path, ckpt: Checkpoint):
+    """The model's FAISS index, refused when missing or built from other item vectors than the checkpoint's."""
+    faiss_path, info_path = index_paths(root, ckpt.name)
+    for path in (faiss_path, info_path):
+        if not path.exists():
+            raise ArtifactError(str(path), "not found", "dvc repro index")
+    if not index_is_current(root, ckpt):
+        raise ArtifactError(str(faiss_path), f"was built from other item vectors than {ckpt.path}/"
+                            "item_vectors.safetensors (stale: the model changed after indexing)", "dvc repro index")
+    return load_index(faiss_path)
+
+
+def evaluate_model(ckpt: Checkpoint, index, split: str, table: pl.DataFrame, protocol: ProtocolParams,
                    batch_size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Ranks and per-user metrics of one model (through its loaded index) on one split."""
-    users = load_user_vectors(root / paths.model_dir(model) / "user_vectors.safetensors", split,
-                              table["user_id"].to_numpy().astype(np.int64), rebuild=paths.producer(model))
+    users = load_user_vectors(ckpt.path / "user_vectors.safetensors", split,
+                              table["user_id"].to_numpy().astype(np.int64), rebuild=ckpt.rebuild)
     histories = table["history"].to_list() if protocol.masking == "history" else None
     lists = search_masked(index, users, histories, max(protocol.ks), batch_size)
     ranks = ranks_from_lists(lists, table["target"].to_numpy())
@@ -65,12 +87,10 @@ def run(p: EvaluateParams, protocol: ProtocolParams, root: Path = Path(".")) -> 
     popularity = item_popularity(read_prepared(root, "train"), stats["items"])
     for model in p.models:
         metrics[model] = {}
-        index_path = root / paths.INDEX_DIR / f"{model}.faiss"
-        if not index_path.exists():
-            raise ArtifactError(str(index_path), "not found", "dvc repro index")
-        index = load_index(index_path)
+        ckpt = open_trained(root, model, stats)
+        index = current_index(root, ckpt)
         for split, table in tables.items():
-            ranks, per = evaluate_model(model, index, split, table, root, protocol, p.batch_size)
+            ranks, per = evaluate_model(ckpt, index, split, table, protocol, p.batch_size)
             m = mean_metrics(per)
             metrics[model][split] = m
             if split == "test":

@@ -6,19 +6,18 @@ from pathlib import Path
 
 from molar_core.index import build_index, save_index
 from molar_core.io import runtime_info, sha256_file, write_json_atomic
-from molar_core.vectors import load_item_vectors
 from pipeline import paths
 from pipeline.params import IndexParams, Params
-from stages.common import params_from_argv, read_stats, run_main, summary
+from stages.common import open_trained, params_from_argv, read_stats, run_main, summary
 
 
 def run(p: IndexParams, root: Path = Path(".")) -> dict:
     stats = read_stats(root)
     infos = {}
     for model in p.models:
-        src = root / paths.model_dir(model) / "item_vectors.safetensors"
-        vectors = load_item_vectors(src, stats["items"], rebuild=paths.producer(model))
-        index, info = build_index(vectors, p.factory, p.train_sample, p.nprobe, p.use_gpu)
+        ckpt = open_trained(root, model, stats)
+        src = ckpt.path / "item_vectors.safetensors"
+        index, info = build_index(ckpt.item_vectors(), p.factory, p.train_sample, p.nprobe, p.use_gpu)
         out = root / paths.INDEX_DIR
         save_index(index, out / f"{model}.faiss")
         info.update({"model": model, "item_vectors": str(src.relative_to(root)), "item_vectors_sha256": sha256_file(src),

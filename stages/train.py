@@ -27,6 +27,7 @@ from stages.common import (
     data_fingerprint,
     epoch_progress,
     full_sequences,
+    open_trained,
     read_prepared,
     read_stats,
     run_main,
@@ -61,7 +62,9 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
     lcfg = MolarLossConfig(rec_loss=p.rec_loss, num_negatives=p.num_negatives, temperature=p.temperature,
                            align_alpha=p.align_alpha, align_tau=p.align_tau, align_positions=p.align_positions,
                            align_head=p.align_head, align_items=p.align_items, joint=p.joint)
-    id_model = load_sasrec(root / paths.model_dir("sasrec")) if (p.align_alpha > 0 or p.joint) else None
+    id_model = None
+    if p.align_alpha > 0 or p.joint:  # aligned to a SASRec trained on this very data
+        id_model = load_sasrec(open_trained(root, "sasrec", stats).path)
     model = Molar(ContentUserModel(ccfg, feats), lcfg, id_model).to(device)
     seqs = training_windows(train["items"].to_list(), p.max_len)
     vh, vt = valid["history"].to_list(), valid["target"].to_list()

@@ -1,0 +1,68 @@
+"""A stage never consumes an artifact built from other inputs: a checkpoint trained on other prepared data, or an
+index built before its model was retrained, is refused with the artifact's path and the stage that rebuilds it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+
+from molar_core.errors import ArtifactError
+from stages import evaluate, index, train, train_id
+from tests.conftest import small_params
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def ws(small_workspace, ml_small, tmp_path):
+    root = tmp_path / "ws"
+    shutil.copytree(small_workspace, root)
+    return root, small_params(ml_small, models=("sasrec", "content", "molar"))
+
+
+def _change_items_table(root):
+    """prepare rerun with another title rendering: same items and content hashes, another items.parquet."""
+    path = root / "data/prepared/items.parquet"
+    items = pl.read_parquet(path)
+    items.with_columns(pl.col("title").str.to_uppercase()).write_parquet(path)
+
+
+def test_models_trained_on_other_prepared_data_are_refused(ws):
+    root, p = ws
+    _change_items_table(root)
+    with pytest.raises(ArtifactError, match=r"artifacts/sasrec.*another items table.*dvc repro train_id"):
+        index.run(p.index, root)
+    with pytest.raises(ArtifactError, match=r"artifacts/sasrec.*another items table.*dvc repro train_id"):
+        evaluate.run(p.evaluate, p.protocol, root)
+    with pytest.raises(ArtifactError, match=r"artifacts/sasrec.*dvc repro train_id"):  # aligned to a stale SASRec
+        train.run("molar", p.train_variant("molar"), p.protocol, root)
+
+    train_id.run(p.train_id, p.protocol, root)  # rebuilding what the errors name makes the rest work again
+    with pytest.raises(ArtifactError, match=r"artifacts/content.*dvc repro train@content"):
+        index.run(p.index, root)
+    for name in ("content", "molar"):
+        train.run(name, p.train_variant(name), p.protocol, root)
+    index.run(p.index, root)
+    assert evaluate.run(p.evaluate, p.protocol, root)["sasrec"]["test"]["ndcg@10"] >= 0
+
+
+def test_an_index_built_before_the_model_was_retrained_is_refused(ws):
+    root, p = ws
+    before = json.loads((root / "metrics/metrics.json").read_text())
+    train_id.run(p.train_id.model_copy(update={"seed": 1}), p.protocol, root)
+    with pytest.raises(ArtifactError, match=r"artifacts/index/sasrec.faiss.*other item vectors.*dvc repro index"):
+        evaluate.run(p.evaluate, p.protocol, root)
+    assert json.loads((root / "metrics/metrics.json").read_text()) == before  # no metric of a stale index written
+    index.run(p.index, root)
+    after = evaluate.run(p.evaluate, p.protocol, root)
+    assert after["sasrec"]["test"] != before["sasrec"]["test"]  # the retrained model is what got evaluated
+
+
+def test_a_missing_index_record_is_named(ws):
+    root, p = ws
+    (root / "artifacts/index/content.json").unlink()
+    with pytest.raises(ArtifactError, match=r"artifacts/index/content.json: not found.*dvc repro index"):
+        evaluate.run(p.evaluate, p.protocol, root)
