@@ -1,15 +1,17 @@
-"""Fault injection: SIGKILL the prepare, index and evaluate stages at random moments (10 seeded trials each), rerun
-them, and compare every artifact with an uninterrupted run: identical (timings aside), nothing half-written.
-
-(embed and the training stages have their own kill-and-resume tests: test_embed_stage.py and
-test_training_resume.py, which also count the work redone.)
+"""Fault injection: SIGKILL every stage at random moments (10 seeded trials each), rerun it, and compare every artifact
+with an uninterrupted run: identical (timings aside), nothing half-written, and only unfinished work redone
+(embed: the items of shards flushed before the kill are reused, not re-encoded; training: the rerun resumes after
+the last epoch saved before the kill).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -17,23 +19,34 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
+from safetensors import safe_open
 
+from molar_core.io import parse_safetensors_metadata
+from pipeline import paths
 from tests.conftest import small_params
 
 REPO = Path(__file__).resolve().parents[1]
 TRIALS = 10
 pytestmark = pytest.mark.slow
 
+TRAIN_FILES = ("model.safetensors", "item_vectors.safetensors", "user_vectors.safetensors", "config.json")
 OUTPUTS = {
+    "embed": ["artifacts/embeddings/manifest.json", "artifacts/embeddings/items.safetensors"],  # + every shard
+    "train_id": [f"artifacts/sasrec/{f}" for f in TRAIN_FILES] + ["metrics/train_id.json", "plots/train_id/curve.csv"],
+    "train": [f"artifacts/content/{f}" for f in TRAIN_FILES] + ["metrics/train_content.json", "plots/train/content.csv"],
     "prepare": ["data/prepared/items.parquet", "data/prepared/train.parquet", "data/prepared/valid.parquet",
                 "data/prepared/test.parquet", "data/prepared/stats.json"],
     "index": [f"artifacts/index/{m}.{ext}" for m in ("sasrec", "content", "molar") for ext in ("faiss", "json")],
     "evaluate": ["metrics/metrics.json", "metrics/per_user.parquet", "plots/evaluate/ndcg_by_history_length.csv",
                  "plots/evaluate/ndcg_by_popularity.csv"],
 }
-TIMING_KEYS = {"build_seconds", "seconds", "runtime"}
+JOURNAL = "artifacts/embeddings/manifest.json"
+ARGV = {"train": ["content"]}  # stage arguments before params.yaml
+TIMING_KEYS = {"build_seconds", "seconds", "runtime", "train_seconds", "resumed_after_epoch"}
+SMALL_SHARDS = {"shard_size": 96, "batch_size": 32}  # several shards, so a kill can land between two flushes
 
 
 def _strip_timings(obj):
@@ -42,31 +55,68 @@ def _strip_timings(obj):
     return obj
 
 
+def _outputs(root: Path, stage: str) -> list[str]:
+    shards = sorted(str(p.relative_to(root)) for p in (root / "artifacts/embeddings").glob("shard-*"))
+    return OUTPUTS[stage] + (shards if stage == "embed" else [])
+
+
 def _snapshot(root: Path, stage: str) -> dict[str, object]:
     out = {}
-    for rel in OUTPUTS[stage]:
+    for rel in _outputs(root, stage):
         path = root / rel
         if not path.exists():
             out[rel] = None
         elif path.suffix == ".json":
             out[rel] = _strip_timings(json.loads(path.read_text()))
+        elif path.suffix == ".csv":  # training curves carry per-epoch wall time
+            out[rel] = [_strip_timings(row) for row in csv.DictReader(io.StringIO(path.read_text()))]
         else:
             out[rel] = path.read_bytes()
     return out
 
 
+def _remove_outputs(root: Path, stage: str) -> None:
+    for rel in _outputs(root, stage):
+        (root / rel).unlink()
+
+
 def _start(root: Path, stage: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", f"stages.{stage}", "params.yaml"], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", f"stages.{stage}", *ARGV.get(stage, []), "params.yaml"], cwd=root,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(root: Path, stage: str) -> float:
+def _finish(root: Path, stage: str) -> tuple[float, str]:
     t = time.perf_counter()
     proc = _start(root, stage)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    return time.perf_counter() - t
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    return time.perf_counter() - t, out
+
+
+def _done_before_kill(root: Path, stage: str) -> int | None:
+    """Work a rerun must not redo: contents in flushed shards (embed), the last saved epoch (training)."""
+    if stage == "embed":
+        manifest = root / "artifacts/embeddings/manifest.json"
+        return sum(s["items"] for s in json.loads(manifest.read_text())["shards"]) if manifest.exists() else 0
+    if stage in ("train_id", "train"):
+        state = root / paths.RESUME_DIR / ("sasrec" if stage == "train_id" else "content") / "state.safetensors"
+        if not state.exists():
+            return None
+        with safe_open(str(state), "pt") as f:
+            return parse_safetensors_metadata(f.metadata())["epoch"]
+    return None
+
+
+def _redone_check(root: Path, stage: str, done: int | None, log: str) -> None:
+    if stage == "embed":
+        distinct, encoded = (int(re.search(pattern, log).group(1).replace(",", ""))
+                             for pattern in (r"([\d,]+) distinct contents", r"([\d,]+) contents encoded"))
+        assert encoded == distinct - done, log  # only contents not in a shard flushed before the kill
+    elif stage in ("train_id", "train"):
+        model = "sasrec" if stage == "train_id" else "content"
+        config = json.loads((root / f"artifacts/{model}/config.json").read_text())
+        assert config["resumed_after_epoch"] == done  # epochs up to the last saved one were not rerun
 
 
 @pytest.fixture(scope="module")
@@ -74,37 +124,50 @@ def base(small_workspace, ml_small, tmp_path_factory) -> Path:
     """The finished small workspace with the params.yaml its stages were run with."""
     root = tmp_path_factory.mktemp("faults") / "base"
     shutil.copytree(small_workspace, root)
-    p = small_params(ml_small, models=("sasrec", "content", "molar"))
-    (root / "params.yaml").write_text(yaml.safe_dump(p.model_dump()))
+    p = small_params(ml_small, models=("sasrec", "content", "molar")).model_dump()
+    p["embed"].update(SMALL_SHARDS)
+    p["train_id"].update(max_epochs=6, patience=100)
+    p["train"].update(max_epochs=6, patience=100)
+    (root / "params.yaml").write_text(yaml.safe_dump(p))
     return root
 
 
-@pytest.mark.parametrize("stage", ["prepare", "index", "evaluate"])
+@pytest.mark.parametrize("stage", ["prepare", "embed", "train_id", "train", "index", "evaluate"])
 def test_sigkill_at_random_moments_then_rerun_gives_the_same_artifacts(base, tmp_path, stage):
     ref_root = tmp_path / "ref"
     shutil.copytree(base, ref_root)
-    for rel in OUTPUTS[stage]:
-        (ref_root / rel).unlink()
-    duration = _finish(ref_root, stage)
+    _remove_outputs(ref_root, stage)
+    if stage == "embed":  # embed reads only items.parquet: 5 shards' worth keep the 10 trials short
+        items = ref_root / paths.ITEMS
+        pl.read_parquet(items).head(5 * SMALL_SHARDS["shard_size"]).write_parquet(items)
+    duration, _ = _finish(ref_root, stage)
     ref = _snapshot(ref_root, stage)
     assert all(v is not None for v in ref.values())
 
     rng = random.Random(f"{stage}-faults")
-    killed_mid_run = 0
+    killed_mid_run, partial = 0, 0
     for trial in range(TRIALS):
         root = tmp_path / f"t{trial}"
         shutil.copytree(ref_root, root)
-        for rel in OUTPUTS[stage]:
-            (root / rel).unlink()
+        _remove_outputs(root, stage)
         proc = _start(root, stage)
-        time.sleep(rng.uniform(0.0, duration))
+        time.sleep(rng.uniform(0.2, 1.0) * duration)
         killed_mid_run += proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         for rel, value in _snapshot(root, stage).items():  # after the kill: each output whole or absent
-            assert value is None or value == ref[rel], (trial, rel)
-        _finish(root, stage)
+            if rel == JOURNAL:  # embed's manifest is its progress journal: valid, listing only whole shards
+                assert value is None or {s["file"] for s in value["shards"]} <= {Path(r).name for r in ref}, trial
+            else:
+                assert value is None or value == ref.get(rel), (trial, rel)
+        done = _done_before_kill(root, stage)
+        partial += bool(done) and proc.returncode == -signal.SIGKILL and ref != _snapshot(root, stage)
+        _, log = _finish(root, stage)
+        _redone_check(root, stage, done, log)
         assert _snapshot(root, stage) == ref, trial
         leftovers = [p for p in root.rglob("*") if ".tmp" in p.name]
         assert not leftovers, leftovers
+        shutil.rmtree(root)
     assert killed_mid_run >= TRIALS // 2  # most kills landed while the stage was running
+    if stage in ("embed", "train_id", "train"):
+        assert partial >= 1, partial  # and some after part of the work was saved: the resume path was exercised

@@ -1,11 +1,10 @@
-"""A training stage killed (SIGKILL) at a random epoch resumes from its last finished epoch and ends with exactly
-the artifacts of an uninterrupted run; state from other params is never resumed."""
+"""Resume state from other params is never resumed. (A training stage killed at random moments resumes after its
+last saved epoch and ends with the artifacts of an uninterrupted run: tests/test_faults.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -60,28 +59,6 @@ def _run(root: Path, kill_after_epoch: int | None = None) -> int | None:
     proc.wait()
     with safe_open(str(state), "pt") as f:
         return parse_safetensors_metadata(f.metadata())["epoch"]
-
-
-def test_killed_training_resumes_to_identical_artifacts(tmp_path, ml_small):
-    epochs = 6
-    ref_root = _workspace(tmp_path / "ref", ml_small, epochs)
-    _run(ref_root)
-    ref = {name: (ref_root / "artifacts/sasrec" / name).read_bytes() for name in ARTIFACTS}
-    ref_conf = json.loads((ref_root / "artifacts/sasrec/config.json").read_text())
-    assert ref_conf["resumed_after_epoch"] is None and not (ref_root / paths.RESUME_DIR / "sasrec").exists()
-
-    rng = random.Random(0)
-    for trial in range(3):
-        root = _workspace(tmp_path / f"trial{trial}", ml_small, epochs)
-        killed_at = _run(root, kill_after_epoch=rng.randint(1, epochs - 2))
-        assert not (root / "artifacts/sasrec/model.safetensors").exists()  # nothing half-written
-        _run(root)
-        conf = json.loads((root / "artifacts/sasrec/config.json").read_text())
-        assert conf["resumed_after_epoch"] == killed_at  # only the epochs after the last saved one were redone
-        for name in ARTIFACTS:
-            assert (root / "artifacts/sasrec" / name).read_bytes() == ref[name], (trial, name)
-        assert conf["valid"] == ref_conf["valid"] and conf["best_epoch"] == ref_conf["best_epoch"]
-        assert not (root / paths.RESUME_DIR / "sasrec").exists()  # cleared once the outputs are written
 
 
 def test_state_from_other_params_is_not_resumed(tmp_path, ml_small):
