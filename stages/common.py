@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from molar_core.checkpoint import Checkpoint, open_checkpoint
+from molar_core.data.processing import check_prepared
 from molar_core.errors import ArtifactError, MolarError
 from molar_core.io import read_json, sha256_file, write_bytes_atomic
 from molar_core.resume import TrainingResume
@@ -35,9 +36,17 @@ def params_from_argv(argv: list[str] | None = None) -> Params:
 def read_table(prepared: Path, name: str) -> pl.DataFrame:
     """items, train, valid or test from a prepared-data directory, or an error naming the stage that makes it."""
     path = prepared / f"{name}.parquet"
+    rebuild = "dvc repro prepare (or `molar prepare`)"
     if not path.exists():
-        raise ArtifactError(str(path), "not found", "dvc repro prepare (or `molar prepare`)")
-    return pl.read_parquet(path)
+        raise ArtifactError(str(path), "not found", rebuild)
+    try:
+        df = pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise ArtifactError(str(path), f"not a readable parquet file ({err})", rebuild) from None
+    stats = prepared / "stats.json"
+    num_items = read_json(stats).get("items") if name != "items" and stats.exists() else None
+    check_prepared(name, df, num_items, str(path), rebuild)
+    return df
 
 
 def read_prepared(root: Path, name: str) -> pl.DataFrame:

@@ -66,3 +66,31 @@ def test_a_missing_index_record_is_named(ws):
     (root / "artifacts/index/content.json").unlink()
     with pytest.raises(ArtifactError, match=r"artifacts/index/content.json: not found.*dvc repro index"):
         evaluate.run(p.evaluate, p.protocol, root)
+
+
+@pytest.mark.parametrize(("table", "edit", "message"), [
+    ("train", lambda df: df.with_columns(pl.when(pl.int_range(pl.len()) == 6).then(pl.col("items").list.concat(pl.lit([99999], pl.List(pl.Int32))))
+                                         .otherwise(pl.col("items")).alias("items")),
+     r"train.parquet: row 7: .*item id outside 1\.\.\d+"),
+    ("test", lambda df: df.with_columns(pl.when(pl.int_range(pl.len()) == 2).then(None).otherwise(pl.col("target"))
+                                        .alias("target")), r"test.parquet: row 3: .*null"),
+    ("valid", lambda df: df.drop("target"), r"valid.parquet: has no column 'target'"),
+    ("items", lambda df: df.with_columns(pl.col("item_id").cast(pl.Int64)), r"column 'item_id' is Int64, expected Int32"),
+    ("items", lambda df: df.reverse(), r"items.parquet: item_id is not 1..N in order"),
+])
+def test_hand_edited_prepared_tables_are_refused_by_the_stages_that_read_them(ws, table, edit, message):
+    root, p = ws
+    path = root / f"data/prepared/{table}.parquet"
+    edit(pl.read_parquet(path)).write_parquet(path)
+    with pytest.raises(ArtifactError, match=message + r".*dvc repro prepare"):
+        if table == "items":  # read by the content model's training (evaluate reads the other three)
+            train.run("content", p.train_variant("content"), p.protocol, root)
+        else:
+            evaluate.run(p.evaluate, p.protocol, root)
+
+
+def test_an_unreadable_prepared_table_is_named(ws):
+    root, p = ws
+    (root / "data/prepared/train.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ArtifactError, match=r"train.parquet: not a readable parquet file.*dvc repro prepare"):
+        train_id.run(p.train_id, p.protocol, root)

@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from molar_core.data.raw import RawDataset
-from molar_core.errors import DataError
+from molar_core.errors import ArtifactError, DataError
 
 MIN_SEQUENCE = 3  # leave-one-out needs one train, one valid and one test item
 
@@ -37,6 +37,42 @@ class Prepared:
     valid: pl.DataFrame  # user_id, raw_user_id, history (list[i32]), target (i32)
     test: pl.DataFrame  # user_id, raw_user_id, history, target
     stats: dict
+
+
+PREPARED_SCHEMA = {  # the columns every reader relies on, and their types
+    "items": {"item_id": pl.Int32, "text": pl.String, "image_path": pl.String, "content_hash": pl.String},
+    "train": {"user_id": pl.Int32, "items": pl.List(pl.Int32)},
+    "valid": {"user_id": pl.Int32, "history": pl.List(pl.Int32), "target": pl.Int32},
+    "test": {"user_id": pl.Int32, "history": pl.List(pl.Int32), "target": pl.Int32},
+}
+
+
+def check_prepared(name: str, df: pl.DataFrame, num_items: int | None, path: str, rebuild: str) -> None:
+    """A prepared table as the stages after `prepare` need it: columns and types, item ids 1..N, no nulls where
+    an id is expected. A table edited by hand or written by other code fails here, not deep inside training."""
+    for column, dtype in PREPARED_SCHEMA[name].items():
+        if column not in df.columns:
+            raise ArtifactError(path, f"has no column '{column}' (a prepared {name} table has "
+                                f"{', '.join(PREPARED_SCHEMA[name])})", rebuild)
+        if df.schema[column] != dtype:
+            raise ArtifactError(path, f"column '{column}' is {df.schema[column]}, expected {dtype}", rebuild)
+    if name == "items":
+        if not df["item_id"].equals(pl.Series("item_id", range(1, df.height + 1), dtype=pl.Int32)):
+            raise ArtifactError(path, "item_id is not 1..N in order", rebuild)
+        return
+    n = num_items if num_items is not None else 2**31 - 1
+
+    def bad(e: pl.Expr) -> pl.Expr:
+        return e.is_null() | (e < 1) | (e > n)
+
+    checks = [pl.col("user_id").is_null()]
+    for column, dtype in PREPARED_SCHEMA[name].items():
+        if column != "user_id":
+            checks.append(pl.col(column).is_null() | pl.col(column).list.eval(bad(pl.element())).list.any()
+                          if isinstance(dtype, pl.List) else bad(pl.col(column)))
+    rows = df.select(pl.any_horizontal(checks).alias("bad"))["bad"].arg_true()
+    if len(rows):
+        raise ArtifactError(path, f"row {rows[0] + 1}: a null user id or an item id outside 1..{n}", rebuild)
 
 
 def _natural_order(raw: pl.Series) -> pl.Series:
