@@ -26,6 +26,7 @@ import polars as pl  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from bench.machine import matmul_peak  # noqa: E402
 from molar_core.encoders import EncoderConfig, build_encoder  # noqa: E402
 from molar_core.encoders.backends import vllm_unavailable_reason  # noqa: E402
 from pipeline import paths  # noqa: E402
@@ -35,18 +36,6 @@ from stages import prepare  # noqa: E402
 # Qwen2-VL-2B-Instruct's published config, for a projection only (no such weights exist offline here)
 QWEN2VL_2B = {"hidden": 1536, "layers": 28, "inter": 8960, "heads": 12, "kv_heads": 2,
               "v_embed": 1280, "v_depth": 32, "v_mlp_ratio": 4, "v_heads": 16, "merge": 2, "patch": 14}
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:
-    """Best GFLOP/s of an n x n x n matmul with the current thread count."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
 
 
 def bert_flops(cfg, tokens: list[int]) -> float:

@@ -20,8 +20,9 @@ def gpu_count() -> int:
 
 
 def build_index(vectors: np.ndarray, factory: str = "Flat", train_sample: int = 100_000, nprobe: int = 16,
-                use_gpu: str = "auto", seed: int = 0) -> tuple[faiss.Index, dict]:
-    """Build an inner-product index from a factory string; returns (cpu index, build info)."""
+                use_gpu: str = "auto", seed: int = 0, ef_search: int = 64) -> tuple[faiss.Index, dict]:
+    """Build an inner-product index from a factory string; returns (cpu index, build info). The search settings
+    (IVF nprobe, HNSW efSearch) are stored in the index, so a saved index searches as it was benchmarked."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
     t0 = time.perf_counter()
@@ -36,17 +37,21 @@ def build_index(vectors: np.ndarray, factory: str = "Flat", train_sample: int = 
         work.train(sample)
     work.add(vectors)
     index = faiss.index_gpu_to_cpu(work) if on_gpu else work
-    set_nprobe(index, nprobe)
+    set_search_params(index, nprobe=nprobe, efSearch=ef_search)
     info = {"factory": factory, "metric": "inner_product", "ntotal": int(index.ntotal), "dim": d,
-            "built_on_gpu": on_gpu, "build_seconds": time.perf_counter() - t0, "nprobe": nprobe}
+            "built_on_gpu": on_gpu, "build_seconds": time.perf_counter() - t0, "nprobe": nprobe,
+            "ef_search": ef_search}
     return index, info
 
 
-def set_nprobe(index: faiss.Index, nprobe: int) -> None:
-    try:
-        faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
-    except RuntimeError:
-        pass  # index type without nprobe (Flat, HNSW)
+def set_search_params(index: faiss.Index, **values: int) -> None:
+    """Set FAISS search parameters (nprobe, efSearch, ...) that the index type has; the others do not apply."""
+    space = faiss.ParameterSpace()
+    for name, value in values.items():
+        try:
+            space.set_index_parameter(index, name, value)
+        except RuntimeError:
+            pass  # e.g. nprobe on Flat or HNSW, efSearch on IVF
 
 
 def save_index(index: faiss.Index, path: str | Path) -> None:

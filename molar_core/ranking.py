@@ -24,9 +24,18 @@ def masked_scores(users: torch.Tensor, items: torch.Tensor, histories: list[list
     return scores
 
 
+SCORE_BLOCK_BYTES = 256 << 20  # a chunk of users x all items scores stays under this, whatever the catalogue size
+
+
+def user_chunk(num_items: int, chunk: int | None) -> int:
+    """Users scored at once: `chunk`, or as many as keep one (users x items) float32 block under 256 MiB."""
+    return chunk or max(1, min(4096, SCORE_BLOCK_BYTES // (4 * max(1, num_items))))
+
+
 def target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list[list[int]] | None,
-                 targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+                 targets: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """0-based rank of each target among the unmasked items (number of items scoring strictly higher)."""
+    chunk = user_chunk(items.shape[0], chunk)
     out = []
     for s in range(0, len(users), chunk):
         sc = masked_scores(users[s:s + chunk], items, histories[s:s + chunk] if histories is not None else None)
@@ -36,8 +45,9 @@ def target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list[list[
 
 
 def topk_items(users: torch.Tensor, items: torch.Tensor, histories: list[list[int]] | None, k: int,
-               chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+               chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k item ids (1-based) and scores per user, by brute force."""
+    chunk = user_chunk(items.shape[0], chunk)
     ids, scores = [], []
     for s in range(0, len(users), chunk):
         sc = masked_scores(users[s:s + chunk], items, histories[s:s + chunk] if histories is not None else None)

@@ -180,7 +180,8 @@ class IndexParams(Section):
     factory: str = "Flat"  # FAISS index factory string; inner product metric
     use_gpu: Literal["auto", "never", "always"] = "auto"
     train_sample: int = Field(100_000, ge=1)  # vectors used to train IVF/PQ indexes
-    nprobe: int = Field(16, ge=1)
+    nprobe: int = Field(16, ge=1)  # IVF: lists searched per query (recall vs speed: bench/index_scale.py)
+    ef_search: int = Field(64, ge=1)  # HNSW: candidate list size at search time
     models: list[str] = ["sasrec"]
 
 

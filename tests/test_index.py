@@ -62,3 +62,33 @@ def test_fewer_items_than_k_pads_with_zero():
     hist = [[1, 2, 3]] * len(users)
     got = search_masked(index, users, hist, 20)
     assert (got[:, 9:] == 0).all() and (got[:, :9] > 0).all()
+
+
+def test_hnsw_ef_search_is_saved_with_the_index_and_buys_recall(tmp_path):
+    from molar_core.index import recall_vs_exact
+
+    items, users, _ = _data(seed=4, n_items=3000, d=32)
+    recalls = {}
+    for ef in (4, 256):
+        index, info = build_index(items, "HNSW8", ef_search=ef)
+        save_index(index, tmp_path / f"h{ef}.faiss")
+        again = load_index(tmp_path / f"h{ef}.faiss", use_gpu="never")
+        assert again.hnsw.efSearch == ef == info["ef_search"]
+        recalls[ef] = recall_vs_exact(again, items, users, k=10)
+    assert recalls[256] > 0.98 and recalls[4] < recalls[256] - 0.1, recalls
+
+
+def test_exact_ranking_scores_in_bounded_blocks(monkeypatch):
+    from molar_core import ranking
+
+    assert ranking.user_chunk(1_000_000, None) == 67  # 67 x 1e6 float32 scores = 256 MiB
+    assert ranking.user_chunk(1682, None) == 4096 and ranking.user_chunk(10, 5) == 5
+    items, users, hist = _data(seed=5, n_items=500, n_users=40)
+    u, it = torch.from_numpy(users), torch.from_numpy(items)
+    targets = torch.tensor([max(set(range(1, 501)) - set(h)) for h in hist])
+    whole = ranking.target_ranks(u, it, hist, targets)
+    top_whole = ranking.topk_items(u, it, hist, 10)
+    monkeypatch.setattr(ranking, "SCORE_BLOCK_BYTES", 3 * 500 * 4)  # 3 users per block
+    assert ranking.user_chunk(500, None) == 3
+    torch.testing.assert_close(ranking.target_ranks(u, it, hist, targets), whole)
+    torch.testing.assert_close(ranking.topk_items(u, it, hist, 10), top_whole)

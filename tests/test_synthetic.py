@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from molar_core.data.synthetic import generate
+from molar_core.data.synthetic import catalogue, generate, user_queries
 
 
 def _cluster_purity(features, clusters):
@@ -35,3 +35,18 @@ def test_content_is_informative_only_in_the_content_kind():
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="kind"):
         generate("both")
+
+
+def test_catalogue_is_deterministic_unit_norm_and_clustered():
+    a = catalogue(1000, dim=16, topics=10, seed=1)
+    assert a.shape == (1000, 16) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(a, catalogue(1000, dim=16, topics=10, seed=1))
+    assert not np.array_equal(a, catalogue(1000, dim=16, topics=10, seed=2))
+    sims = a @ a.T
+    np.fill_diagonal(sims, -1)
+    same_topic_neighbour = (np.abs(sims.max(1) - 1) < 0.5).mean()
+    assert same_topic_neighbour > 0.95 and sims.mean() < 0.2  # close to some items, far from most
+    q = user_queries(a, 50, seed=2)
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, rtol=1e-5)
+    assert (q @ a.T).max(1).min() > 0.5  # every user has items near it

@@ -62,3 +62,34 @@ def generate(kind: str, users: int = 600, items: int = 300, clusters: int = 12, 
         centroids = rng.normal(size=(clusters, feature_dim))
         features = centroids[item_cluster] + noise * rng.normal(size=(items, feature_dim))
     return SyntheticData(seqs, features.astype(np.float32), item_cluster)
+
+
+def catalogue(items: int, dim: int = 64, topics: int | None = None, spread: float = 0.5, seed: int = 0) -> np.ndarray:
+    """Unit-norm item vectors grouped around `topics` random directions (default one per 100 items), the shape
+    trained item embeddings have: a catalogue of any size for index and evaluation benchmarks. Row i is item
+    i + 1. `spread` is the within-topic noise relative to the topic direction (0: all items of a topic equal).
+    The noise is drawn in blocks of 65,536 rows, so peak memory is the output plus one block."""
+    rng = np.random.default_rng(seed)
+    topics = topics or max(1, items // 100)
+    centres = rng.standard_normal((topics, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    topic = rng.integers(0, topics, size=items)
+    out = np.empty((items, dim), dtype=np.float32)
+    block = 1 << 16
+    for b, s in enumerate(range(0, items, block)):
+        n = min(block, items - s)
+        noise = np.random.default_rng([seed, b]).standard_normal((n, dim), dtype=np.float32)
+        v = centres[topic[s:s + n]] + spread / dim ** 0.5 * noise
+        out[s:s + n] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def user_queries(item_vectors: np.ndarray, users: int, history: int = 5, noise: float = 0.3,
+                 seed: int = 0) -> np.ndarray:
+    """User vectors the way a user model makes them: the normalised mean of a few random items' vectors plus
+    noise (queries whose neighbours are items, not a uniform random direction)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(item_vectors), size=(users, history))
+    q = item_vectors[picks].mean(axis=1)
+    q += noise * rng.standard_normal(q.shape, dtype=np.float32) / q.shape[1] ** 0.5
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)

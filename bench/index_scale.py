@@ -1,0 +1,129 @@
+"""Which FAISS index for a catalogue of N items: Recall@10 against exact search and the query speed-up over it.
+
+    python bench/index_scale.py [--items 10000 100000 1000000] [--dim 64] [--queries 2000] [--threads 1] [--hnsw]
+    python bench/index_scale.py --workspace . --model content      # the real item and user vectors of a workspace
+
+Synthetic catalogues come from molar_core.data.synthetic.catalogue (unit vectors around one topic per 100 items,
+`--spread 1.0`) with users made as a user model makes them (normalised mean of 5 items plus noise): at the size
+of the real Amazon-Scientific content vectors (4,385 x 64) this generator gives the same IVF recall curve as the
+real item and user vectors (README, Performance), so its larger catalogues stand in for real ones. Every index is built by
+molar_core.index.build_index, the code the `index` stage runs, and its search settings are what `index.nprobe` /
+`index.ef_search` set. The baseline is exact search (`Flat`) over the same queries in the same process and the
+same number of threads; the table gives each setting's Recall@10 against it and its speed-up, and the fastest
+setting with recall >= 0.99 is the pick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from molar_core.data.synthetic import catalogue, user_queries  # noqa: E402
+from molar_core.index import build_index, set_search_params  # noqa: E402
+
+K = 10
+
+
+def search_time(index: faiss.Index, queries: np.ndarray, repeats: int = 3) -> tuple[float, np.ndarray]:
+    """Best of `repeats` wall times of one batched search, and its results."""
+    best, rows = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        _, rows = index.search(queries, K)
+        best = min(best, time.perf_counter() - t)
+    return best, rows
+
+
+def recall(truth: np.ndarray, got: np.ndarray) -> float:
+    return float(np.mean([len(set(t) & set(g)) / K for t, g in zip(truth.tolist(), got.tolist())]))
+
+
+def settings(n: int, hnsw: bool) -> list[tuple[str, str, list[int]]]:
+    """(factory, search parameter, values) to sweep for n items: IVF with about 4 sqrt(n) and 16 sqrt(n) lists
+    (FAISS's usual range), HNSW32."""
+    out = []
+    for per in (4, 16):
+        nlist = max(16, 1 << round(np.log2(per * n ** 0.5)))
+        out.append((f"IVF{nlist},Flat", "nprobe", [p for p in (4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist // 8]))
+    if hnsw:
+        out.append(("HNSW32", "efSearch", [16, 32, 64, 128, 256]))
+    return out
+
+
+def run(label: str, items: np.ndarray, queries: np.ndarray, hnsw: bool) -> list[dict]:
+    n = len(items)
+    flat, _ = build_index(items, "Flat", use_gpu="never")
+    exact_s, truth = search_time(flat, queries)
+    rows = [{"catalogue": label, "index": "Flat (exact)", "setting": "", "build_s": 0.0, "recall": 1.0,
+             "qps": len(queries) / exact_s, "speedup": 1.0}]
+    for factory, param, values in settings(n, hnsw):
+        nlist = int(factory[3:].split(",")[0]) if factory.startswith("IVF") else 0
+        index, info = build_index(items, factory, train_sample=min(max(100_000, 20 * nlist), 300_000), use_gpu="never")
+        for v in values:
+            set_search_params(index, **{param: v})
+            s, got = search_time(index, queries)
+            rows.append({"catalogue": label, "index": factory, "setting": f"{param}={v}",
+                         "build_s": info["build_seconds"], "recall": recall(truth, got),
+                         "qps": len(queries) / s, "speedup": exact_s / s})
+        print_rows(rows[-len(values):])
+    return rows
+
+
+def print_rows(rows: list[dict], header: bool = False) -> None:
+    if header:
+        print("| catalogue | index | setting | build s | Recall@10 vs exact | queries/s | speed-up vs exact |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['catalogue']} | {r['index']} | {r['setting']} | {r['build_s']:.1f} | {r['recall']:.4f} | "
+              f"{r['qps']:,.0f} | {r['speedup']:.1f}x |", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--spread", type=float, default=1.0, help="within-topic spread of the synthetic catalogue")
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--hnsw", action="store_true", help="also HNSW32 (slow to build on a few cores at 1e6)")
+    ap.add_argument("--workspace", type=Path, default=None, help="use this workspace's vectors of --model")
+    ap.add_argument("--model", default="content")
+    args = ap.parse_args()
+    faiss.omp_set_num_threads(args.threads)
+    print(f"FAISS {faiss.__version__}, {args.threads} thread(s), top-{K}, inner product\n")
+    print_rows([], header=True)
+    picks = []
+    if args.workspace:
+        from molar_core.vectors import load_item_vectors, read_user_vectors
+
+        d = args.workspace / "artifacts" / args.model
+        items = load_item_vectors(d / "item_vectors.safetensors")
+        _, users = read_user_vectors(d / "user_vectors.safetensors", "test")
+        cases = [(f"{args.model} ({len(items):,} items, real)", items, users)]
+    else:
+        cases = []
+        for n in args.items:
+            items = catalogue(n, args.dim, spread=args.spread, seed=0)
+            cases.append((f"synthetic {n:,} x {args.dim}", items, user_queries(items, args.queries, seed=1)))
+    for label, items, queries in cases:
+        rows = run(label, np.ascontiguousarray(items, np.float32), np.ascontiguousarray(queries, np.float32),
+                   args.hnsw)
+        print_rows(rows[:1])
+        good = [r for r in rows[1:] if r["recall"] >= 0.99]
+        picks.append((label, max(good, key=lambda r: r["speedup"]) if good else None))
+    print("\n| catalogue | fastest setting with Recall@10 >= 0.99 | recall | speed-up vs exact |")
+    print("| --- | --- | --- | --- |")
+    for label, r in picks:
+        print(f"| {label} | {r['index']} {r['setting']} | {r['recall']:.4f} | {r['speedup']:.1f}x |" if r
+              else f"| {label} | none reached 0.99 | | |")
+
+
+if __name__ == "__main__":
+    main()

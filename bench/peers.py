@@ -1,0 +1,167 @@
+"""Our SASRec against RecBole 1.2.1's SASRec on the same ML-100K data and protocol, both run here, now.
+
+    python bench/peers.py [--recbole-python .venv-recbole/bin/python] [--epochs 5] [--threads 1]
+
+RecBole lives in its own environment (it needs `numpy<2 pandas<3 setuptools<81`):
+
+    python3 -m venv .venv-recbole && .venv-recbole/bin/pip install -c constraints-cpu.txt torch \
+        "recbole==1.2.1" "numpy<2" "pandas<3" "setuptools<81"
+
+Protocol (RecBole's): leave-one-out by time, full ranking over all items, seen items not masked, CE loss over all
+items, max length 50, validation NDCG@10 after every epoch. RecBole trains `--epochs` epochs (about 4 minutes
+each on one core) with its defaults (lr 0.001, dim 64, 2 layers) and batches of 512 augmented prefixes, as
+measured in ../shared/docs/environment.md; we run the real stages (`prepare`, `train_id` with
+`protocol.masking: none`, `index`, `evaluate`) with the default params.
+Each system runs in its own process so its peak resident memory is its own. Printed: time per epoch, the
+wall time each needs to reach RecBole's best validation NDCG@10, peak memory, and test NDCG@10 / Hit@10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "datasets"
+
+
+def recbole_worker(data_root: Path, epochs: int, threads: int, out: Path) -> None:
+    """Runs inside the RecBole environment: train epoch by epoch, validate after each, test the best state."""
+    import copy
+    import resource
+
+    import torch
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.sequential_recommender import SASRec
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    torch.set_num_threads(threads)
+    work = Path(tempfile.mkdtemp(prefix="molar-recbole-"))
+    config = Config(model="SASRec", dataset="ml-100k", config_dict={
+        "data_path": str(data_root), "checkpoint_dir": str(work), "device": "cpu", "use_gpu": False,
+        "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]}, "train_batch_size": 512,
+        "eval_batch_size": 4096, "loss_type": "CE", "train_neg_sample_args": None, "MAX_ITEM_LIST_LENGTH": 50,
+        "epochs": epochs,
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
+        "metrics": ["NDCG", "Hit"], "topk": [10], "valid_metric": "NDCG@10", "seed": 0, "reproducibility": True,
+        "show_progress": False, "log_wandb": False, "worker": 0})
+    init_seed(config["seed"], config["reproducibility"])
+    t0 = time.perf_counter()
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = SASRec(config, train_data.dataset)
+    trainer = Trainer(config, model)
+    curve, best, best_state = [], -1.0, None
+    setup = time.perf_counter() - t0
+    for epoch in range(epochs):
+        t = time.perf_counter()
+        trainer._train_epoch(train_data, epoch, show_progress=False)
+        train_s = time.perf_counter() - t
+        score, _ = trainer._valid_epoch(valid_data, show_progress=False)
+        curve.append({"epoch": epoch + 1, "train_s": train_s, "seconds": time.perf_counter() - t,
+                      "valid_ndcg@10": float(score)})
+        if score > best:
+            best, best_state = float(score), copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    out.write_text(json.dumps({
+        "setup_s": setup, "curve": curve, "test_ndcg@10": float(test["ndcg@10"]), "test_hit@10": float(test["hit@10"]),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "train_sequences": len(train_data.dataset)}))
+
+
+def molar_worker(data_root: Path, threads: int, out: Path) -> None:
+    """Runs in our environment: the real stages under RecBole's protocol."""
+    import resource
+
+    sys.path.insert(0, str(REPO))
+    from pipeline.params import load_params
+    from stages import evaluate, index, prepare, train_id
+
+    root = Path(tempfile.mkdtemp(prefix="molar-peer-"))
+    p = load_params(REPO / "params.yaml", overrides={
+        "prepare": {"source": "recbole_atomic", "path": str(data_root / "ml-100k")},
+        "protocol": {"masking": "none"}, "train_id": {"threads": threads},
+        "index": {"models": ["sasrec"]}, "evaluate": {"models": ["sasrec"]}})
+    t0 = time.perf_counter()
+    prepare.run(p.prepare, root)
+    setup = time.perf_counter() - t0
+    cfg = train_id.run(p.train_id, p.protocol, root)
+    index.run(p.index, root)
+    m = evaluate.run(p.evaluate, p.protocol, root)
+    with open(root / "plots" / "train_id" / "curve.csv") as f:
+        curve = [{"epoch": int(r["epoch"]), "seconds": float(r["seconds"]), "valid_ndcg@10": float(r["valid_ndcg@10"])}
+                 for r in csv.DictReader(f)]
+    out.write_text(json.dumps({
+        "setup_s": setup, "curve": curve, "best_epoch": cfg["best_epoch"], "wall_s": time.perf_counter() - t0,
+        "test_ndcg@10": m["sasrec"]["test"]["ndcg@10"], "test_hit@10": m["sasrec"]["test"]["recall@10"],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def time_to_reach(curve: list[dict], target: float) -> tuple[float, int] | None:
+    """Cumulative seconds (training + validation) until the first epoch whose validation NDCG@10 >= target."""
+    total = 0.0
+    for row in curve:
+        total += row["seconds"]
+        if row["valid_ndcg@10"] >= target:
+            return total, row["epoch"]
+    return None
+
+
+def spawn(python: str, role: str, args: argparse.Namespace) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="molar-peers-")) / f"{role}.json"
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": str(args.threads)}
+    cmd = [python, __file__, "--worker", role, "--epochs", str(args.epochs), "--threads", str(args.threads),
+           "--data", str(args.data), "--out", str(out)]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, cwd=REPO)
+    result = json.loads(out.read_text())
+    result["process_wall_s"] = time.perf_counter() - t
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--recbole-python", default=str(REPO / ".venv-recbole" / "bin" / "python"))
+    ap.add_argument("--epochs", type=int, default=5, help="RecBole epochs (about 4 minutes each on one core)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--data", type=Path, default=DATA, help="directory holding ml-100k/ml-100k.inter")
+    ap.add_argument("--worker", choices=["recbole", "molar"], default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--recbole-json", type=Path, default=None, help="reuse a finished RecBole worker's output")
+    args = ap.parse_args()
+    if args.worker == "recbole":
+        return recbole_worker(args.data, args.epochs, args.threads, args.out)
+    if args.worker == "molar":
+        return molar_worker(args.data, args.threads, args.out)
+
+    rec = json.loads(args.recbole_json.read_text()) if args.recbole_json else spawn(args.recbole_python, "recbole", args)
+    ours = spawn(sys.executable, "molar", args)
+    target = max(r["valid_ndcg@10"] for r in rec["curve"])
+    rec_reach, ours_reach = time_to_reach(rec["curve"], target), time_to_reach(ours["curve"], target)
+    print(f"\nML-100K, RecBole's protocol, {args.threads} thread(s). Target: RecBole's best validation NDCG@10 in "
+          f"{len(rec['curve'])} epochs = {target:.4f}\n")
+    print("| system | s per epoch | epochs | time to reach target (s, epoch) | peak RSS MiB | test NDCG@10 | "
+          "test Hit@10 |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, r, reach in (("RecBole 1.2.1 SASRec", rec, rec_reach), ("molar SASRec (train_id)", ours, ours_reach)):
+        per_epoch = sum(c["seconds"] for c in r["curve"]) / len(r["curve"])
+        got = f"{reach[0]:.1f} (epoch {reach[1]})" if reach else "not reached"
+        print(f"| {name} | {per_epoch:.1f} | {len(r['curve'])} | {got} | {r['peak_rss_mib']:.0f} | "
+              f"{r['test_ndcg@10']:.4f} | {r['test_hit@10']:.4f} |")
+    if rec_reach and ours_reach:
+        print(f"\ntime to RecBole's best validation quality: {rec_reach[0] / ours_reach[0]:.0f}x faster "
+              "(target >= 20x)")
+
+
+if __name__ == "__main__":
+    main()
