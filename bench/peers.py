@@ -123,7 +123,7 @@ def spawn(python: str, role: str, args: argparse.Namespace) -> dict:
     cmd = [python, __file__, "--worker", role, "--epochs", str(args.epochs), "--threads", str(args.threads),
            "--data", str(args.data), "--out", str(out)]
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, cwd=REPO)
+    subprocess.run(cmd, check=True, env=env, cwd=out.parent)  # RecBole writes log/ into its working directory
     result = json.loads(out.read_text())
     result["process_wall_s"] = time.perf_counter() - t
     return result
