@@ -96,7 +96,7 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
     item_vecs = item_vectors()
     splits = {split: user_vectors(hist) for split, hist in histories.items()}
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("id_model.") or p.joint}
-    meta = {"model": name, "num_items": str(stats["items"])}
+    meta = {"model": name, "num_items": str(stats["items"]), "runtime": runtime_info(p.seed)}
     config = {"format_version": CHECKPOINT_FORMAT, "model": name, "kind": "molar", "data": data_fingerprint(root, stats),
               "content_config": ccfg.to_dict(), "loss_config": lcfg.to_dict(),
               "params": p.model_dump(), "protocol": protocol.model_dump(),

@@ -63,7 +63,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
               "valid": encode_users(model.user_vectors, vh, p.max_len, device),
               "test": encode_users(model.user_vectors, test["history"].to_list(), p.max_len, device),
               "next": encode_users(model.user_vectors, full_sequences(test), p.max_len, device)}
-    meta = {"model": MODEL, "num_items": str(cfg.num_items)}
+    meta = {"model": MODEL, "num_items": str(cfg.num_items), "runtime": runtime_info(p.seed)}
     config = {"format_version": CHECKPOINT_FORMAT, "model": MODEL, "data": data_fingerprint(root, stats),
               "config": cfg.to_dict(), "params": p.model_dump(), "protocol": protocol.model_dump(),
               "best_epoch": result.best_epoch, "epochs_run": len(result.curve), "valid": result.best_metrics,

@@ -11,7 +11,9 @@ import json
 import numpy as np
 import polars as pl
 import torch
+from safetensors import safe_open
 
+from molar_core.io import parse_safetensors_metadata
 from molar_core.metrics import mean_metrics, per_user_metrics
 from molar_core.ranking import target_ranks
 from molar_core.vectors import load_item_vectors, load_user_vectors
@@ -97,3 +99,22 @@ def test_recbole_protocol_does_not_mask(ml_small, tmp_path):
     users = torch.from_numpy(load_user_vectors(tmp_path / "artifacts/sasrec/user_vectors.safetensors", "test"))
     ranks = target_ranks(users, items, None, torch.tensor(table["target"].to_list()))
     assert abs(mean_metrics(per_user_metrics(ranks.numpy(), [10]))["ndcg@10"] - m["sasrec"]["test"]["ndcg@10"]) < 1e-9
+
+
+def test_every_artifact_records_library_versions_and_the_seed(small_workspace):
+    root = small_workspace
+    records = {
+        "data/prepared/stats.json": json.loads((root / "data/prepared/stats.json").read_text())["runtime"],
+        "artifacts/embeddings/manifest.json": json.loads((root / "artifacts/embeddings/manifest.json").read_text())["runtime"],
+        "artifacts/index/sasrec.json": json.loads((root / "artifacts/index/sasrec.json").read_text())["runtime"],
+        "metrics/metrics.json": json.loads((root / "metrics/metrics.json").read_text())["runtime"],
+    }
+    for model in ("sasrec", "content", "molar"):
+        records[f"artifacts/{model}/config.json"] = json.loads((root / f"artifacts/{model}/config.json").read_text())["runtime"]
+        for name in ("model", "item_vectors", "user_vectors"):
+            with safe_open(str(root / f"artifacts/{model}/{name}.safetensors"), "pt") as f:
+                runtime = parse_safetensors_metadata(f.metadata())["runtime"]
+            assert runtime["seed"] == 0, (model, name)
+            records[f"artifacts/{model}/{name}.safetensors"] = runtime
+    for path, runtime in records.items():
+        assert runtime["torch"] == torch.__version__ and runtime["molar"] and runtime["faiss"], path
