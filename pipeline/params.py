@@ -109,6 +109,7 @@ class UserModelParams(Section):
 
     seed: int = 0
     max_len: int = Field(50, ge=1)  # history positions the model reads (longer histories: the most recent)
+    window_overlap: int = Field(0, ge=0)  # items shared by consecutive training windows of a long history
     dim: int = Field(64, ge=1)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
@@ -127,6 +128,8 @@ class UserModelParams(Section):
     def _heads_divide_dim(self) -> "UserModelParams":
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.window_overlap >= self.max_len:
+            raise ValueError(f"window_overlap ({self.window_overlap}) must be below max_len ({self.max_len})")
         return self
 
 

@@ -28,6 +28,23 @@ def test_training_windows_cover_every_pair_once():
     assert all(len(w) <= 6 for w in wins)
 
 
+@pytest.mark.parametrize(("length", "overlap"), [(23, 3), (60, 4), (7, 2), (6, 4)])
+def test_overlapping_windows_train_every_pair_once_with_context(length, overlap):
+    seq = list(range(1, length + 1))
+    wins = training_windows([seq], 5, overlap=overlap)
+    inputs, targets = next_item_pairs(wins, 5)
+    trained = []  # (target, items of history before it inside its window)
+    for inp, tgt in zip(inputs.tolist(), targets.tolist()):
+        for i, t in enumerate(tgt):
+            if t:
+                assert inp[i] == t - 1  # the pair is (previous item, next item)
+                trained.append((t, sum(x > 0 for x in inp[: i + 1])))
+    assert sorted(t for t, _ in trained) == list(range(2, length + 1))  # each target exactly once
+    assert all(ctx >= min(overlap + 1, t - 1) for t, ctx in trained)  # never from a bare window edge
+    with pytest.raises(ValueError, match="overlap"):
+        training_windows([seq], 5, overlap=5)
+
+
 def test_causal_future_does_not_change_past():
     m = _model()
     a = torch.tensor([[0, 0, 3, 4, 5, 6]])

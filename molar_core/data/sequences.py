@@ -17,21 +17,37 @@ def pad_left(seqs: list[list[int]] | list[np.ndarray], max_len: int) -> torch.Te
     return torch.from_numpy(out)
 
 
+class Window(list):
+    """A training window whose first `context_only` targets are trained in an older, overlapping window (where
+    they have more history before them): they are inputs here, never targets."""
+
+    def __init__(self, items: list[int], context_only: int = 0):
+        super().__init__(items)
+        self.context_only = context_only
+
+
 def next_item_pairs(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs s[:-1] and targets s[1:] (last `max_len` positions), both left-padded; target 0 = no loss."""
     inputs = [s[:-1] for s in seqs]
-    targets = [s[1:] for s in seqs]
+    targets = [[0] * min(getattr(s, "context_only", 0), len(s) - 1) + s[1 + getattr(s, "context_only", 0):]
+               for s in seqs]
     return pad_left(inputs, max_len), pad_left(targets, max_len)
 
 
-def training_windows(seqs: list[list[int]], max_len: int) -> list[list[int]]:
+def training_windows(seqs: list[list[int]], max_len: int, overlap: int = 0) -> list[list[int]]:
     """Cut each training sequence into windows of at most max_len + 1 items, newest first, so that every
-    next-item pair is trained once even when a history is longer than the model's context."""
-    out = []
+    next-item pair is trained once even when a history is longer than the model's context.
+
+    With `overlap` > 0 consecutive windows share `overlap` items, and a window's first `overlap` targets are
+    left to the older window (`Window.context_only`): every target after the first window is then predicted
+    from at least `overlap` items of history instead of starting from scratch at a window edge."""
+    if not 0 <= overlap < max_len:
+        raise ValueError(f"window overlap must be in [0, max_len={max_len}), got {overlap}")
+    out: list[list[int]] = []
     for s in seqs:
         end = len(s)
         while end >= 2:
             start = max(0, end - max_len - 1)
-            out.append(list(s[start:end]))
-            end = start + 1 if start > 0 else 0
+            out.append(Window(s[start:end], overlap if start > 0 else 0) if overlap else list(s[start:end]))
+            end = start + 1 + overlap if start > 0 else 0
     return out
