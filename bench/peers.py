@@ -7,7 +7,8 @@ RecBole lives in its own environment (it needs `numpy<2 pandas<3 setuptools<81`)
     python3 -m venv .venv-recbole && .venv-recbole/bin/pip install -c constraints-cpu.txt torch \
         "recbole==1.2.1" "numpy<2" "pandas<3" "setuptools<81"
 
-Protocol (RecBole's): leave-one-out by time, full ranking over all items, seen items not masked, CE loss over all
+Both read the same file: our prepared sequences written back with each user's positions as timestamps, so the
+two leave-one-out splits hold out the same items. Protocol (RecBole's): leave-one-out by time, full ranking over all items, seen items not masked, CE loss over all
 items, max length 50, validation NDCG@10 after every epoch. RecBole trains `--epochs` epochs (about 4 minutes
 each on one core) with its defaults (lr 0.001, dim 64, 2 layers) and batches of 512 augmented prefixes, as
 measured in ../shared/docs/environment.md; we run the real stages (`prepare`, `train_id` with
@@ -48,7 +49,7 @@ def recbole_worker(data_root: Path, epochs: int, threads: int, out: Path) -> Non
     work = Path(tempfile.mkdtemp(prefix="molar-recbole-"))
     config = Config(model="SASRec", dataset="ml-100k", config_dict={
         "data_path": str(data_root), "checkpoint_dir": str(work), "device": "cpu", "use_gpu": False,
-        "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]}, "train_batch_size": 512,
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "train_batch_size": 512,
         "eval_batch_size": 4096, "loss_type": "CE", "train_neg_sample_args": None, "MAX_ITEM_LIST_LENGTH": 50,
         "epochs": epochs,
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
@@ -107,6 +108,29 @@ def molar_worker(data_root: Path, threads: int, out: Path) -> None:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+def shared_split(source: Path) -> Path:
+    """Our prepared ML-100K sequences written back as a RecBole atomic file whose timestamps are each user's
+    positions 1..n: RecBole's leave-one-out then holds out exactly our validation and test items (the raw
+    timestamps tie for many users' last two ratings, and the two libraries order ties differently)."""
+    sys.path.insert(0, str(REPO))
+    import polars as pl
+
+    from pipeline.params import PrepareParams
+    from stages import prepare
+
+    root = Path(tempfile.mkdtemp(prefix="molar-peers-split-"))
+    prepare.run(PrepareParams(source="recbole_atomic", path=str(source)), root)
+    test = pl.read_parquet(root / "data/prepared/test.parquet")
+    raw_item = pl.read_parquet(root / "data/prepared/items.parquet")["raw_item_id"].to_list()
+    rows = [(u, raw_item[i - 1], pos) for u, h, t in zip(test["raw_user_id"], test["history"], test["target"])
+            for pos, i in enumerate([*h, t], start=1)]
+    out = root / "ml-100k"
+    out.mkdir()
+    pl.DataFrame(rows, schema=["user_id:token", "item_id:token", "timestamp:float"], orient="row").with_columns(
+        pl.lit(1.0).alias("rating:float")).write_csv(out / "ml-100k.inter", separator="\t")
+    return root
+
+
 def time_to_reach(curve: list[dict], target: float) -> tuple[float, int] | None:
     """Cumulative seconds (training + validation) until the first epoch whose validation NDCG@10 >= target."""
     total = 0.0
@@ -134,7 +158,7 @@ def main() -> None:
     ap.add_argument("--recbole-python", default=str(REPO / ".venv-recbole" / "bin" / "python"))
     ap.add_argument("--epochs", type=int, default=5, help="RecBole epochs (about 4 minutes each on one core)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--data", type=Path, default=DATA, help="directory holding ml-100k/ml-100k.inter")
+    ap.add_argument("--data", type=Path, default=DATA, help="directory holding ml-100k/ml-100k.inter (the raw data)")
     ap.add_argument("--worker", choices=["recbole", "molar"], default=None)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--recbole-json", type=Path, default=None, help="reuse a finished RecBole worker's output")
@@ -144,6 +168,8 @@ def main() -> None:
     if args.worker == "molar":
         return molar_worker(args.data, args.threads, args.out)
 
+    args.data = shared_split(args.data / "ml-100k")
+    print(f"shared split: {args.data / 'ml-100k' / 'ml-100k.inter'}")
     rec = json.loads(args.recbole_json.read_text()) if args.recbole_json else spawn(args.recbole_python, "recbole", args)
     ours = spawn(sys.executable, "molar", args)
     target = max(r["valid_ndcg@10"] for r in rec["curve"])
