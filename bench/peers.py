@@ -1,6 +1,6 @@
 """Our SASRec against RecBole 1.2.1's SASRec on the same ML-100K data and protocol, both run here, now.
 
-    python bench/peers.py [--recbole-python .venv-recbole/bin/python] [--epochs 5] [--threads 1]
+    python bench/peers.py [--recbole-python .venv-recbole/bin/python] [--epochs 5] [--threads 1] [--set train_id.norm=post]
 
 RecBole lives in its own environment (it needs `numpy<2 pandas<3 setuptools<81`):
 
@@ -80,7 +80,19 @@ def recbole_worker(data_root: Path, epochs: int, threads: int, out: Path) -> Non
         "train_sequences": len(train_data.dataset)}))
 
 
-def molar_worker(data_root: Path, threads: int, out: Path) -> None:
+def overrides_from(settings: list[str]) -> dict:
+    """`section.key=value` (value in YAML) -> {"section": {"key": value}}, as `dvc exp run -S` takes them."""
+    import yaml
+
+    out: dict = {}
+    for item in settings:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def molar_worker(data_root: Path, threads: int, out: Path, settings: list[str]) -> None:
     """Runs in our environment: the real stages under RecBole's protocol."""
     import resource
 
@@ -89,9 +101,10 @@ def molar_worker(data_root: Path, threads: int, out: Path) -> None:
     from stages import evaluate, index, prepare, train_id
 
     root = Path(tempfile.mkdtemp(prefix="molar-peer-"))
+    extra = overrides_from(settings)
     p = load_params(REPO / "params.yaml", overrides={
-        "prepare": {"source": "recbole_atomic", "path": str(data_root / "ml-100k")},
-        "protocol": {"masking": "none"}, "train_id": {"threads": threads},
+        **extra, "prepare": {"source": "recbole_atomic", "path": str(data_root / "ml-100k")},
+        "protocol": {"masking": "none"}, "train_id": {**extra.get("train_id", {}), "threads": threads},
         "index": {"models": ["sasrec"]}, "evaluate": {"models": ["sasrec"]}})
     t0 = time.perf_counter()
     prepare.run(p.prepare, root)
@@ -145,7 +158,7 @@ def spawn(python: str, role: str, args: argparse.Namespace) -> dict:
     out = Path(tempfile.mkdtemp(prefix="molar-peers-")) / f"{role}.json"
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": str(args.threads)}
     cmd = [python, __file__, "--worker", role, "--epochs", str(args.epochs), "--threads", str(args.threads),
-           "--data", str(args.data), "--out", str(out)]
+           "--data", str(args.data), "--out", str(out), *[f"--set={s}" for s in args.set]]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=out.parent)  # RecBole writes log/ into its working directory
     result = json.loads(out.read_text())
@@ -162,11 +175,13 @@ def main() -> None:
     ap.add_argument("--worker", choices=["recbole", "molar"], default=None)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--recbole-json", type=Path, default=None, help="reuse a finished RecBole worker's output")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override our params, e.g. --set train_id.norm=post")
     args = ap.parse_args()
     if args.worker == "recbole":
         return recbole_worker(args.data, args.epochs, args.threads, args.out)
     if args.worker == "molar":
-        return molar_worker(args.data, args.threads, args.out)
+        return molar_worker(args.data, args.threads, args.out, args.set)
 
     args.data = shared_split(args.data / "ml-100k")
     print(f"shared split: {args.data / 'ml-100k' / 'ml-100k.inter'}")
@@ -179,7 +194,8 @@ def main() -> None:
     print("| system | s per epoch | epochs | time to reach target (s, epoch) | peak RSS MiB | test NDCG@10 | "
           "test Hit@10 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, r, reach in (("RecBole 1.2.1 SASRec", rec, rec_reach), ("molar SASRec (train_id)", ours, ours_reach)):
+    ours_name = "molar SASRec (train_id" + "".join(f", {s}" for s in args.set) + ")"
+    for name, r, reach in (("RecBole 1.2.1 SASRec", rec, rec_reach), (ours_name, ours, ours_reach)):
         per_epoch = sum(c["seconds"] for c in r["curve"]) / len(r["curve"])
         got = f"{reach[0]:.1f} (epoch {reach[1]})" if reach else "not reached"
         print(f"| {name} | {per_epoch:.1f} | {len(r['curve'])} | {got} | {r['peak_rss_mib']:.0f} | "

@@ -136,6 +136,8 @@ class UserModelParams(Section):
 class TrainIdParams(UserModelParams):
     """SASRec (strong variant: full cross-entropy at every position)."""
 
+    norm: Literal["pre", "post"] = "pre"  # post: RecBole's post-LayerNorm encoder and initialisation
+
     loss: Literal["ce", "sampled_softmax"] = "ce"
     num_negatives: int = Field(256, ge=1)  # for sampled_softmax
     lr: float = Field(2e-3, gt=0.0)

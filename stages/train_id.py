@@ -38,7 +38,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     gen = seed_everything(p.seed)
     device = pick_device(p.device)
     cfg = SASRecConfig(num_items=stats["items"], max_len=p.max_len, dim=p.dim, layers=p.layers, heads=p.heads,
-                       dropout=p.dropout)
+                       dropout=p.dropout, norm=p.norm)
     model = SASRec(cfg).to(device)
     seqs = training_windows(train["items"].to_list(), p.max_len, p.window_overlap)
     vh, vt = valid["history"].to_list(), valid["target"].to_list()

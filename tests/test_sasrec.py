@@ -8,9 +8,10 @@ from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
 from molar_core.training import FitConfig, encode_users, fit, ranking_metrics, seed_everything
 
 
-def _model(n=30, max_len=12, dropout=0.0):
+def _model(n=30, max_len=12, dropout=0.0, norm="pre"):
     torch.manual_seed(0)
-    return SASRec(SASRecConfig(num_items=n, max_len=max_len, dim=16, layers=2, heads=2, dropout=dropout)).eval()
+    return SASRec(SASRecConfig(num_items=n, max_len=max_len, dim=16, layers=2, heads=2, dropout=dropout,
+                               norm=norm)).eval()
 
 
 def test_pad_left_and_pairs():
@@ -45,8 +46,9 @@ def test_overlapping_windows_train_every_pair_once_with_context(length, overlap)
         training_windows([seq], 5, overlap=5)
 
 
-def test_causal_future_does_not_change_past():
-    m = _model()
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_causal_future_does_not_change_past(norm):
+    m = _model(norm=norm)
     a = torch.tensor([[0, 0, 3, 4, 5, 6]])
     b = torch.tensor([[0, 0, 3, 4, 5, 9]])
     with torch.no_grad():
@@ -55,8 +57,9 @@ def test_causal_future_does_not_change_past():
     assert not torch.allclose(ha[:, 5], hb[:, 5])
 
 
-def test_user_vector_invariant_to_extra_left_padding():
-    m = _model()
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_user_vector_invariant_to_extra_left_padding(norm):
+    m = _model(norm=norm)
     with torch.no_grad():
         short = m.user_vectors(torch.tensor([[3, 4, 5]]))
         padded = m.user_vectors(torch.tensor([[0, 0, 0, 3, 4, 5]]))
@@ -73,9 +76,9 @@ def _cyclic_data(n=30, users=60, length=15, seed=0):
     return seqs
 
 
-def _train(seed, epochs=25, precision="fp32"):
+def _train(seed, epochs=25, precision="fp32", norm="pre"):
     gen = seed_everything(seed)
-    m = SASRec(SASRecConfig(num_items=30, max_len=12, dim=32, layers=1, heads=2, dropout=0.0))
+    m = SASRec(SASRecConfig(num_items=30, max_len=12, dim=32, layers=1, heads=2, dropout=0.0, norm=norm))
     seqs = _cyclic_data()
     train = [s[:-2] for s in seqs]
     vh, vt = [s[:-2] for s in seqs], [s[-2] for s in seqs]
@@ -97,6 +100,19 @@ def test_learns_next_item_rule_and_is_deterministic():
     for k, v in m1.state_dict().items():
         torch.testing.assert_close(v, m2.state_dict()[k], rtol=0, atol=0)
     assert r1.curve[-1]["loss"] == r2.curve[-1]["loss"]
+
+
+def test_post_layernorm_encoder_learns_the_rule_and_differs_from_pre():
+    """norm: post (RecBole's encoder) is a different network that learns the same task."""
+    m, r = _train(0, norm="post")
+    assert r.best_metrics["ndcg@1"] > 0.9
+    fresh = _model(norm="post")
+    assert fresh.scale == 1.0 and abs(float(fresh.item_emb.weight[1:].detach().std()) - 0.02) < 0.005  # BERT init, unscaled
+    seq = torch.tensor([[0, 3, 4, 5]])
+    with torch.no_grad():
+        assert not torch.allclose(_model(norm="post").user_vectors(seq), _model(norm="pre").user_vectors(seq))
+    with pytest.raises(ValueError, match="norm"):
+        _model(norm="sandwich")
 
 
 def test_sampled_softmax_runs_and_learns():

@@ -1,4 +1,5 @@
-"""A pre-LayerNorm causal transformer over left-padded sequences, shared by every user model.
+"""A causal transformer over left-padded sequences, shared by every user model: pre-LayerNorm (default), or
+post-LayerNorm with a LayerNorm on the input (`norm="post"`, the BERT-style encoder RecBole's SASRec uses).
 
 Sequences are left-padded so the last position is always the newest item (the user vector).
 Each position attends to itself and the real items before it; pads are never attended by real positions.
@@ -26,9 +27,10 @@ class Dropout(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, dropout: float, norm: str = "pre"):
         super().__init__()
         self.heads = heads
+        self.post = norm == "post"
         self.ln1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -39,31 +41,39 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x if self.post else self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(
+            2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.attn_dropout if self.training else 0.0)
-        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, n, d)))
+        attended = self.drop(self.proj(a.transpose(1, 2).reshape(b, n, d)))
+        if self.post:
+            x = self.ln1(x + attended)
+            return self.ln2(x + self.drop(self.ff(x)))
+        x = x + attended
         return x + self.drop(self.ff(self.ln2(x)))
 
 
 class CausalTransformer(nn.Module):
     """Input: vectors (B, L, D) and a padding mask (B, L, True = real item). Output: (B, L, D)."""
 
-    def __init__(self, dim: int, layers: int, heads: int, dropout: float, max_len: int):
+    def __init__(self, dim: int, layers: int, heads: int, dropout: float, max_len: int, norm: str = "pre"):
         super().__init__()
+        if norm not in ("pre", "post"):
+            raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
         self.pos = nn.Embedding(max_len, dim)
         self.drop = Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
-        self.ln = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout, norm) for _ in range(layers))
+        self.ln = nn.LayerNorm(dim)  # pre: on the output; post: on the input
         self.max_len = max_len
+        self.post = norm == "post"
 
     def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         x = x + self.pos(torch.arange(self.max_len - n, self.max_len, device=x.device))
-        x = self.drop(x * real.unsqueeze(-1))
+        x = self.drop((self.ln(x) if self.post else x) * real.unsqueeze(-1))
         causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
         eye = torch.eye(n, dtype=torch.bool, device=x.device)
         mask = ((causal & real.unsqueeze(1)) | eye).unsqueeze(1)  # (B, 1, L, L): True = may attend
         for block in self.blocks:
             x = block(x, mask)
-        return self.ln(x)
+        return x if self.post else self.ln(x)

@@ -22,6 +22,7 @@ class SASRecConfig:
     layers: int = 2
     heads: int = 2
     dropout: float = 0.2
+    norm: str = "pre"  # pre: pre-LayerNorm; post: RecBole's encoder (post-LN, input LN, N(0, 0.02) init, unscaled)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,15 +33,22 @@ class SASRec(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0)
-        self.encoder = CausalTransformer(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
+        self.encoder = CausalTransformer(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, cfg.norm)
         self.emb_drop = Dropout(cfg.dropout)
+        self.scale = cfg.dim ** 0.5 if cfg.norm == "pre" else 1.0
         nn.init.normal_(self.item_emb.weight, std=cfg.dim ** -0.5)
+        if cfg.norm == "post":  # BERT's initialisation, as RecBole's SASRec
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(m.weight, std=0.02)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
     def hidden(self, seq: torch.Tensor) -> torch.Tensor:
         """seq: (B, L) left-padded item ids -> hidden states (B, L, D)."""
-        x = self.item_emb(seq) * (self.cfg.dim ** 0.5)
+        x = self.item_emb(seq) * self.scale
         return self.encoder(self.emb_drop(x), seq > 0)
 
     def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
