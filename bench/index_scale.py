@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from molar_core.data.synthetic import catalogue, user_queries  # noqa: E402
-from molar_core.index import build_index, set_search_params  # noqa: E402
+from molar_core.index import build_index, overlap_recall, set_search_params  # noqa: E402
 
 K = 10
 
@@ -39,10 +39,6 @@ def search_time(index: faiss.Index, queries: np.ndarray, repeats: int = 3) -> tu
         _, rows = index.search(queries, K)
         best = min(best, time.perf_counter() - t)
     return best, rows
-
-
-def recall(truth: np.ndarray, got: np.ndarray) -> float:
-    return float(np.mean([len(set(t) & set(g)) / K for t, g in zip(truth.tolist(), got.tolist())]))
 
 
 def settings(n: int, hnsw: bool) -> list[tuple[str, str, list[int]]]:
@@ -70,7 +66,7 @@ def run(label: str, items: np.ndarray, queries: np.ndarray, hnsw: bool) -> list[
             set_search_params(index, **{param: v})
             s, got = search_time(index, queries)
             rows.append({"catalogue": label, "index": factory, "setting": f"{param}={v}",
-                         "build_s": info["build_seconds"], "recall": recall(truth, got),
+                         "build_s": info["build_seconds"], "recall": overlap_recall(truth, got),
                          "qps": len(queries) / s, "speedup": exact_s / s})
         print_rows(rows[-len(values):])
     return rows

@@ -105,4 +105,10 @@ def recall_vs_exact(index: faiss.Index, item_vectors: np.ndarray, queries: np.nd
     exact.add(np.ascontiguousarray(item_vectors, dtype=np.float32))
     _, truth = exact.search(queries, k)
     _, got = index.search(queries, k)
+    return overlap_recall(truth, got)
+
+
+def overlap_recall(truth: np.ndarray, got: np.ndarray) -> float:
+    """Mean fraction of each row of `truth` (exact top-k ids) found in the same row of `got`."""
+    k = truth.shape[1]
     return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth.tolist(), got.tolist())]))
