@@ -29,8 +29,8 @@ class Window(list):
 def next_item_pairs(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs s[:-1] and targets s[1:] (last `max_len` positions), both left-padded; target 0 = no loss."""
     inputs = [s[:-1] for s in seqs]
-    targets = [[0] * min(getattr(s, "context_only", 0), len(s) - 1) + s[1 + getattr(s, "context_only", 0):]
-               for s in seqs]
+    skips = [min(getattr(s, "context_only", 0), len(s) - 1) for s in seqs]  # plain lists: every target
+    targets = [[0] * k + s[1 + k:] for s, k in zip(seqs, skips)]
     return pad_left(inputs, max_len), pad_left(targets, max_len)
 
 
@@ -48,6 +48,6 @@ def training_windows(seqs: list[list[int]], max_len: int, overlap: int = 0) -> l
         end = len(s)
         while end >= 2:
             start = max(0, end - max_len - 1)
-            out.append(Window(s[start:end], overlap if start > 0 else 0) if overlap else list(s[start:end]))
+            out.append(Window(s[start:end], overlap if start > 0 else 0))
             end = start + 1 + overlap if start > 0 else 0
     return out
