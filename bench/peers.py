@@ -31,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "datasets"
+sys.path.insert(0, str(REPO))  # our workers import molar; the RecBole worker imports nothing of it
 
 
 def recbole_worker(data_root: Path, epochs: int, threads: int, out: Path) -> None:
@@ -96,7 +97,6 @@ def molar_worker(data_root: Path, threads: int, out: Path, settings: list[str]) 
     """Runs in our environment: the real stages under RecBole's protocol."""
     import resource
 
-    sys.path.insert(0, str(REPO))
     from pipeline.params import load_params
     from stages import evaluate, index, prepare, train_id
 
@@ -125,7 +125,6 @@ def shared_split(source: Path) -> Path:
     """Our prepared ML-100K sequences written back as a RecBole atomic file whose timestamps are each user's
     positions 1..n: RecBole's leave-one-out then holds out exactly our validation and test items (the raw
     timestamps tie for many users' last two ratings, and the two libraries order ties differently)."""
-    sys.path.insert(0, str(REPO))
     import polars as pl
 
     from pipeline.params import PrepareParams
