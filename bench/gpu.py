@@ -7,7 +7,11 @@ vllm or dvc, and no model weights, so the models are built from configs. Checks,
 same weights and inputs:
 - SASRec training step (fp32 and bf16 autocast): loss equal within tolerance, steps/s;
 - Qwen2-VL item embedding (a small random model, transformers backend; fp32 CPU vs bf16 GPU): cosine per item;
-- full-ranking top-k of user vectors against item vectors (exact torch top-k): same top-10 ids, users/s.
+- full-ranking top-k of user vectors against item vectors (exact torch top-k) at 1e5 and 1e6 items: same top-10
+  ids, users/s.
+On CUDA only (too slow for a CPU column): Qwen2-VL-2B's shape (random weights, real vocabulary size) embedding
+items in bf16 through our transformers encoder, at the default one visual token and at 448x448 images, so the
+embed stage's time for a real catalogue can be read off (items/s and hours per 1e6 items).
 Prints a table of CPU vs CUDA values and the speed-up; exits 1 if a check fails. Without CUDA it says so and
 runs the CPU column only.
 """
@@ -59,28 +63,38 @@ def train_steps(device: torch.device, steps: int, precision: str) -> tuple[float
     return first, steps / (time.perf_counter() - t)
 
 
-def embed_items(device: torch.device, n: int) -> tuple[torch.Tensor, float]:
-    """Vectors of n synthetic items from a small random Qwen2-VL (built offline), and items/s."""
+# Qwen/Qwen2-VL-2B-Instruct's config.json: text 1536 wide, 28 layers, 12 heads (2 KV), MLP 8960, vocabulary
+# 151,936; vision tower 32 blocks of 1280, 16 heads, MLP ratio 4.
+QWEN2VL_2B = dict(hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960, vocab_pad_to=151_936,
+                  vision_depth=32, vision_dim=1280, vision_heads=16, vision_mlp_ratio=4)
+TINY = dict(hidden=256, layers=4, heads=4)
+
+
+def embed_items(device: torch.device, n: int, shape: dict = TINY, max_pixels: int = 28 * 28 * 4,
+                image_side: int = 84) -> tuple[torch.Tensor, float]:
+    """Vectors of n synthetic items (half with an image) from a random Qwen2-VL of `shape`, and items/s."""
     from PIL import Image
 
     from molar_core.encoders.base import EncoderConfig
     from molar_core.encoders.factory import build_encoder
     from molar_core.encoders.tiny import build_tiny_qwen2vl
 
+    gpu = device.type == "cuda"
     with tempfile.TemporaryDirectory() as d:
-        model = build_tiny_qwen2vl(Path(d) / "m", seed=0, hidden=256, layers=4, heads=4)
+        model = build_tiny_qwen2vl(Path(d) / "m", seed=0, max_pixels=max_pixels, device=device.type,
+                                   dtype=torch.bfloat16 if shape is not TINY else torch.float32, **shape)
         images = []
         for i in range(n):
             p = Path(d) / f"{i}.png"
             if i % 2 == 0:
-                Image.new("RGB", (56 + i % 7, 84), (i * 37 % 256, i * 91 % 256, 128)).save(p)
+                Image.new("RGB", (image_side - 28 + i % 7, image_side), (i * 37 % 256, i * 91 % 256, 128)).save(p)
                 images.append(str(p))
             else:
                 images.append(None)
         texts = [f"Title: item {i}. Genre: {['drama', 'comedy', 'horror'][i % 3]}" for i in range(n)]
         enc = build_encoder(EncoderConfig(encoder="mllm", model=str(model), backend="transformers",
-                                          device=device.type, dtype="bfloat16" if device.type == "cuda" else "float32",
-                                          batch_size=64, max_pixels=28 * 28 * 4))
+                                          device=device.type, dtype="bfloat16" if gpu else "float32",
+                                          batch_size=64, max_pixels=max_pixels))
         enc.encode(texts[:8], images[:8])
         _sync(device)
         t = time.perf_counter()
@@ -89,7 +103,7 @@ def embed_items(device: torch.device, n: int) -> tuple[torch.Tensor, float]:
         return vecs.float().cpu(), n / (time.perf_counter() - t)
 
 
-def rank(device: torch.device, users: int = 8192, items: int = 100_000, k: int = 10) -> tuple[torch.Tensor, float]:
+def rank(device: torch.device, items: int, users: int = 8192, k: int = 10) -> tuple[torch.Tensor, float]:
     g = torch.Generator().manual_seed(0)
     u = torch.randn(users, 64, generator=g).to(device)
     v = torch.randn(items, 64, generator=g).to(device)
@@ -105,6 +119,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--items", type=int, default=512)
+    ap.add_argument("--rank-items", type=int, nargs="+", default=[100_000, 1_000_000])
     args = ap.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     if len(devices) == 1:
@@ -117,9 +132,10 @@ def main() -> None:
         for prec in ("fp32", "bf16"):
             res[d.type][f"train {prec}"] = train_steps(d, args.steps, prec)
         res[d.type]["embed"] = embed_items(d, args.items)
-        res[d.type]["rank"] = rank(d)
+        for n in args.rank_items:
+            res[d.type][f"rank {n:.0e} items"] = rank(d, n)
     for name, unit in (("train fp32", "steps/s"), ("train bf16", "steps/s"), ("embed", "items/s"),
-                       ("rank", "users/s")):
+                       *((f"rank {n:.0e} items", "users/s") for n in args.rank_items)):
         cpu_val, cpu_speed = res["cpu"][name]
         if "cuda" in res:
             gpu_val, gpu_speed = res["cuda"][name]
@@ -141,6 +157,13 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    if "cuda" in res:
+        print("\n| Qwen2-VL-2B shape, bf16, CUDA | items/s | hours per 1e6 items |")
+        print("| --- | --- | --- |")
+        for label, pixels, side in (("1 visual token (max_pixels 784, the default)", 28 * 28, 84),
+                                    ("256 visual tokens (448x448 images)", 448 * 448, 448)):
+            _, speed = embed_items(torch.device("cuda"), 2 * args.items, QWEN2VL_2B, pixels, side)
+            print(f"| {label} | {speed:,.1f} | {1e6 / speed / 3600:.2f} |")
     sys.exit(0 if ok else 1)
 
 

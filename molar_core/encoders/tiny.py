@@ -26,8 +26,15 @@ _CORPUS = [
 
 
 def build_tiny_qwen2vl(target: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 2,
-                       vision_depth: int = 2, vocab_size: int = 512, max_pixels: int = 28 * 28 * 4) -> Path:
-    """Write a loadable tiny Qwen2-VL to `target` (about 0.2 s) and return the directory."""
+                       vision_depth: int = 2, vocab_size: int = 512, max_pixels: int = 28 * 28 * 4,
+                       kv_heads: int = 1, intermediate: int | None = None, vision_dim: int = 32,
+                       vision_heads: int = 2, vision_mlp_ratio: int = 2, vocab_pad_to: int | None = None,
+                       dtype: torch.dtype = torch.float32, device: str = "cpu") -> Path:
+    """Write a loadable random Qwen2-VL to `target` (tiny by default, about 0.2 s) and return the directory.
+
+    The shape arguments also build a released model's shape (bench/gpu.py: Qwen2-VL-2B's) to time it without
+    its weights; `vocab_pad_to` widens the embedding table to a real vocabulary size beyond the trained tokens.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
@@ -49,13 +56,15 @@ def build_tiny_qwen2vl(target: str | Path, seed: int = 0, hidden: int = 64, laye
     section = head_dim // 2  # mrope splits the rotary half-dimension into temporal, height, width
     mrope = [section - 2 * (section // 3), section // 3, section // 3]
     cfg = Qwen2VLConfig(
-        text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=1,
+        text_config=dict(vocab_size=max(tok.get_vocab_size(), vocab_pad_to or 0), hidden_size=hidden,
+                         intermediate_size=intermediate or 2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                          max_position_embeddings=2048,
                          rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 10000.0},
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=vision_depth, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2,
+        vision_config=dict(depth=vision_depth, embed_dim=vision_dim, hidden_size=hidden, num_heads=vision_heads,
+                           mlp_ratio=vision_mlp_ratio,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
@@ -63,7 +72,8 @@ def build_tiny_qwen2vl(target: str | Path, seed: int = 0, hidden: int = 64, laye
     gen = torch.random.fork_rng()
     with gen:
         torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration(cfg)
+        with torch.device(device):
+            model = Qwen2VLForConditionalGeneration(cfg).to(dtype)
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
