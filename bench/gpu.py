@@ -81,8 +81,11 @@ def embed_items(device: torch.device, n: int, shape: dict = TINY, max_pixels: in
 
     gpu = device.type == "cuda"
     with tempfile.TemporaryDirectory() as d:
-        model = build_tiny_qwen2vl(Path(d) / "m", seed=0, max_pixels=max_pixels, device=device.type,
-                                   dtype=torch.bfloat16 if shape is not TINY else torch.float32, **shape)
+        # the tiny model is built on the CPU for both columns (CUDA's generator would draw other weights); the
+        # 2B shape, timed on CUDA alone, is built there in bf16
+        big = shape is not TINY
+        model = build_tiny_qwen2vl(Path(d) / "m", seed=0, max_pixels=max_pixels, device=device.type if big else "cpu",
+                                   dtype=torch.bfloat16 if big else torch.float32, **shape)
         images = []
         for i in range(n):
             p = Path(d) / f"{i}.png"
