@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -26,18 +25,9 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from molar_core.metrics import paired_bootstrap  # noqa: E402
+from molar_core.metrics import paired_bootstrap, t_interval  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from stages import embed, evaluate, index, prepare, train, train_id  # noqa: E402
-
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-
-
-def t_interval(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.4f}"
-    half = T95.get(len(values) - 1, 2.0) * statistics.stdev(values) / len(values) ** 0.5
-    return f"{statistics.mean(values):.4f} ± {half:.4f}"
 
 
 def timed(fn, *args):

@@ -49,3 +49,16 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     lo, hi = bootstrap_ci(diff, n_boot, seed, level)
     return {"diff": float(diff.mean()), "ci_low": lo, "ci_high": hi}
+
+
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # Student t, 95%, by df
+
+
+def t_interval(values: list[float]) -> str:
+    """'mean ± half-width' of a 95% t-interval over runs (seeds); a single value as it is."""
+    import statistics
+
+    if len(values) < 2:
+        return f"{values[0]:.4f}"
+    half = T95.get(len(values) - 1, 2.0) * statistics.stdev(values) / len(values) ** 0.5
+    return f"{statistics.mean(values):.4f} ± {half:.4f}"

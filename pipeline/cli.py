@@ -54,6 +54,12 @@ def train_id(params: Path = PARAMS) -> None:
     _stage("train_id", params)
 
 
+@app.command("finetune-encoder")
+def finetune_encoder(params: Path = PARAMS) -> None:
+    """Stage 1: fine-tune the MLLM item encoder on the dataset's mixtures: artifacts/encoder/."""
+    _stage("finetune_encoder", params)
+
+
 @app.command()
 def embed(params: Path = PARAMS) -> None:
     """Embed every item (incremental, resumable cache): artifacts/embeddings/."""

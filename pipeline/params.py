@@ -209,6 +209,7 @@ class EmbedParams(Section):
     summary_token: str = "<|endoftext|>"  # appended after the chat turn; its hidden state is the item vector
     pooling: Literal["last", "mean"] | None = None  # null: encoder default (mllm: last, sentence: mean)
     normalize: bool | None = None  # L2-normalise vectors; null: encoder default (sentence: true, mllm: false)
+    use_images: bool = True  # mllm: false encodes every item from its text alone (text-only ablation)
     max_pixels: int = Field(28 * 28, ge=28 * 28)  # image area after resizing; 784 = one visual token (public code)
     max_image_pixels: int = Field(50_000_000, ge=1)  # larger source images are refused (decompression bombs)
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"  # auto: bf16 on GPU, fp32 on CPU
@@ -233,12 +234,84 @@ class EmbedParams(Section):
         return self
 
 
+class MixtureParams(Section):
+    """One stage-1 mixture: how many pairs, the weight of its loss, and its objective."""
+
+    size: int = Field(0, ge=0)  # pairs drawn (0 = off); capped by what the data has
+    weight: float = Field(1.0, gt=0)
+    objective: Literal["contrastive", "generative"] = "contrastive"
+
+
+class ScratchModelParams(Section):
+    """The Qwen2-VL-architecture model `init: scratch` builds (random weights, tokenizer trained on item text)."""
+
+    hidden: int = Field(128, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(2, ge=1)
+    vision_depth: int = Field(2, ge=1)
+    vision_dim: int = Field(64, ge=8)
+    vision_heads: int = Field(4, ge=1)
+    vocab_size: int = Field(4096, ge=300)
+
+    @model_validator(mode="after")
+    def _shape(self) -> "ScratchModelParams":
+        if self.hidden % self.heads or self.heads % self.kv_heads or (self.hidden // self.heads) % 8:
+            raise ValueError("hidden must split into heads of a multiple of 8 dims, heads into kv_heads groups")
+        if self.vision_dim % self.vision_heads:
+            raise ValueError("vision_dim must be a multiple of vision_heads")
+        return self
+
+
+class LoraParams(Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    targets: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "qkv"]  # module names (text and vision attention)
+
+
+class FinetuneEncoderParams(Section):
+    """Stage 1 (`finetune_encoder`): train the MLLM item encoder on the dataset's own mixtures before `embed`."""
+
+    init: Literal["none", "scratch", "pretrained"] = "none"  # none: the stage only records that it is off
+    model: str | None = None  # pretrained: HF id or local dir (null = Qwen/Qwen2-VL-2B-Instruct)
+    revision: str | None = None
+    trust_remote_code: bool = False
+    scratch: ScratchModelParams = ScratchModelParams()
+    method: Literal["auto", "full", "lora"] = "auto"  # auto: full for scratch, lora for pretrained
+    lora: LoraParams = LoraParams()
+    IT: MixtureParams = MixtureParams(size=100_000)  # image -> item text
+    SA: MixtureParams = MixtureParams(size=100_000)  # title -> rest of the item text
+    UB: MixtureParams = MixtureParams(size=10_000)  # a user's recent items -> next item (contrastive)
+    history: int = Field(3, ge=1)  # UB: recent items per query
+    tau: float = Field(0.05, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=2)
+    max_epochs: int = Field(5, ge=0)  # 0: save the untrained base (scratch: random weights), the ablation's control
+    patience: int = Field(2, ge=1)
+    valid_users: int = Field(1000, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    threads: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FinetuneEncoderParams":
+        if self.UB.objective == "generative":
+            raise ValueError("UB.objective: UB is contrastive only (its target is an item, not a text)")
+        if self.init != "none" and not (self.IT.size or self.SA.size or self.UB.size):
+            raise ValueError("IT.size, SA.size, UB.size: every mixture is off; set one above 0 or init: none")
+        return self
+
+
 class Params(Section):
     prepare: PrepareParams = PrepareParams()
     protocol: ProtocolParams = ProtocolParams()
     train_id: TrainIdParams = TrainIdParams()
     train: TrainParams = TrainParams()
     train_variants: dict[str, dict] = {"molar": {}}
+    finetune_encoder: FinetuneEncoderParams = FinetuneEncoderParams()
     embed: EmbedParams = EmbedParams()
     index: IndexParams = IndexParams()
     evaluate: EvaluateParams = EvaluateParams()

@@ -13,6 +13,7 @@ STATS = PREPARED / "stats.json"
 
 ARTIFACTS = Path("artifacts")
 INDEX_DIR = ARTIFACTS / "index"
+ENCODER = ARTIFACTS / "encoder"  # finetune_encoder: a model directory embed can load (or a note that it is off)
 EMBEDDINGS = ARTIFACTS / "embeddings"  # embed: shard-*.safetensors + manifest.json (persist)
 RESUME_DIR = Path(".molar/resume")  # per-epoch training state of an unfinished run (deleted when it finishes)
 METRICS_DIR = Path("metrics")

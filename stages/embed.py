@@ -24,20 +24,24 @@ METRICS = paths.METRICS_DIR / "embed.json"
 PAUSE_ENV = "MOLAR_EMBED_PAUSE_AFTER_SHARD"  # test-only hook: seconds to sleep after each flushed shard
 
 
-def encoder_config(p: EmbedParams) -> EncoderConfig:
-    return EncoderConfig(**{k: v for k, v in p.model_dump().items() if k != "shard_size"})
+def encoder_config(p: EmbedParams, root: Path = Path(".")) -> EncoderConfig:
+    """A relative `model` that exists under the project root (artifacts/encoder, say) is read from there."""
+    cfg = EncoderConfig(**{k: v for k, v in p.model_dump().items() if k != "shard_size"})
+    if p.model and not Path(p.model).is_absolute() and (root / p.model).exists():
+        cfg.model = str(root / p.model)
+    return cfg
 
 
-def _resolve_images(items: pl.DataFrame, root: Path) -> pl.DataFrame:
+def resolve_images(items: pl.DataFrame, root: Path) -> pl.DataFrame:
     """Relative image paths are relative to the project root (prepare writes absolute ones)."""
     fixed = [p if p is None or Path(p).is_absolute() else str(root / p) for p in items["image_path"].to_list()]
     return items.with_columns(pl.Series("image_path", fixed, dtype=pl.String))
 
 
 def run(p: EmbedParams, root: Path = Path(".")) -> dict:
-    items = _resolve_images(read_prepared(root, "items"), root)
+    items = resolve_images(read_prepared(root, "items"), root)
     t0 = time.perf_counter()
-    encoder = build_encoder(encoder_config(p))
+    encoder = build_encoder(encoder_config(p, root))
     load_s = time.perf_counter() - t0
     if encoder.backend_note:
         console.print(f"embed: {encoder.backend_note}", markup=False, highlight=False)

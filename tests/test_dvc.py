@@ -54,7 +54,7 @@ def test_dvc_repro_noop_and_exp_run(tmp_path):
     _run(["git", "commit", "-qm", "init"], work, env)
 
     first = _run([*dvc, "repro"], work, env)
-    for stage in ("prepare", "train_id", "embed", "train@content", "train@molar", "index", "evaluate"):
+    for stage in ("prepare", "train_id", "finetune_encoder", "embed", "train@content", "train@molar", "index", "evaluate"):
         assert f"Running stage '{stage}'" in first
     assert (work / "metrics/metrics.json").exists()
     _run(["git", "add", "-A"], work, env)

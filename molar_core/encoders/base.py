@@ -38,6 +38,7 @@ class EncoderConfig:
     pooling: str | None = None  # last | mean; None = the encoder's default (mllm: last, sentence: mean)
     normalize: bool | None = None  # L2; None = the encoder's default (sentence: true, mllm: false)
     max_pixels: int = 28 * 28
+    use_images: bool = True  # false: every item is encoded from its text alone (the text-only ablation)
     max_image_pixels: int = 50_000_000
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
     batch_size: int = 32

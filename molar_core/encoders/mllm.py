@@ -24,6 +24,7 @@ from molar_core.encoders.base import (
     resolve_device,
     resolve_dtype,
 )
+from molar_core.encoders.finetuned_dir import check_recorded
 from molar_core.encoders.images import load_image
 
 CHAT = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{summary}"  # Qwen chat turn, no system prompt
@@ -57,6 +58,7 @@ class MllmEncoder(ItemEncoder):
         self._init_identity(cfg, model_name, fingerprint, backend, default_pooling="last", default_normalize=False)
         self._smart_resize = smart_resize
         self._check_prompts(cfg)
+        check_recorded(model_dir, cfg, self.pooling)
 
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
         if config.model_type not in SUPPORTED:
@@ -108,6 +110,7 @@ class MllmEncoder(ItemEncoder):
         model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=self.dtype, use_safetensors=True,
                                                             trust_remote_code=self.cfg.trust_remote_code)
         model.eval().to(self.device)
+        self.model = model  # the LM head is used only by fine-tuning's generative objective
         self.backbone = model.model
 
     @staticmethod
@@ -123,16 +126,22 @@ class MllmEncoder(ItemEncoder):
         return {"encoder": self.name, "model_fingerprint": self.fingerprint, "backend": self.backend,
                 "chat": CHAT, "prompt": c.prompt, "prompt_text_only": c.prompt_text_only,
                 "summary_token": c.summary_token, "pooling": self.pooling, "normalize": self.normalize,
-                "max_pixels": c.max_pixels, "min_pixels": self.min_pixels, "max_image_pixels": c.max_image_pixels,
+                "use_images": c.use_images, "max_pixels": c.max_pixels, "min_pixels": self.min_pixels,
+                "max_image_pixels": c.max_image_pixels,
                 "max_text_tokens": c.max_text_tokens, "dtype": dtype_name(self.dtype), "dim": self.dim}
 
     def runtime(self) -> dict:
         return {"device": str(self.device), "batch_size": self.cfg.batch_size, "padding_side": self.cfg.padding_side,
                 "threads": torch.get_num_threads(), "model": self.model_name}
 
-    def _render(self, text: str, has_image: bool) -> str:
+    def _render(self, text: str, has_image: bool, summary: str | None = None) -> str:
         template = self.cfg.prompt.replace("<image>", VISION) if has_image else self.cfg.prompt_text_only
-        return CHAT.replace("{summary}", self.cfg.summary_token).replace("{prompt}", template.replace("{text}", text))
+        summary = self.cfg.summary_token if summary is None else summary
+        return CHAT.replace("{summary}", summary).replace("{prompt}", template.replace("{text}", text))
+
+    def prepare_texts(self, texts: list[str]) -> list[str]:
+        """Item texts as encode() feeds them to the model: markup removed, truncated to max_text_tokens."""
+        return self._truncate([self._clean(t) for t in texts])
 
     def _clean(self, text: str) -> str:
         """Special-token strings inside item text would be read as markup (e.g. fake image slots): remove them."""
@@ -164,6 +173,8 @@ class MllmEncoder(ItemEncoder):
         if len(texts) != len(image_paths):
             raise ValueError("texts and image_paths differ in length")
         images = []
+        if not self.cfg.use_images:
+            image_paths = [None] * len(image_paths)
         for path in image_paths:
             got = load_image(path, self.cfg.max_image_pixels)
             im = got.image
@@ -181,7 +192,7 @@ class MllmEncoder(ItemEncoder):
             images.append(im)
         self.counts.items += len(texts)
         self.last_image_used = [im is not None for im in images]
-        clean = self._truncate([self._clean(t) for t in texts])
+        clean = self.prepare_texts(texts)
         prompts = [self._render(t, im is not None) for t, im in zip(clean, images)]
         # similar lengths share a batch (less padding); image items together
         order = sorted(range(len(prompts)), key=lambda i: (images[i] is not None, len(prompts[i])), reverse=True)
@@ -196,16 +207,25 @@ class MllmEncoder(ItemEncoder):
         return self.cfg.batch_size
 
     def _forward(self, prompts: list[str], images: list) -> torch.Tensor:
+        return self.pooled(prompts, images).cpu()
+
+    def model_inputs(self, prompts: list[str], images: list) -> dict[str, torch.Tensor]:
+        """Processor output on the model's device, with explicit multimodal position ids (padding-proof)."""
         imgs = [im for im in images if im is not None]
         inputs = self.processor(text=prompts, images=imgs or None, padding=True, return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        mask = inputs["attention_mask"]
-        position_ids, _ = self.backbone.get_rope_index(
+        inputs["position_ids"], _ = self.backbone.get_rope_index(
             input_ids=inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-            image_grid_thw=inputs.get("image_grid_thw"), attention_mask=mask)
+            image_grid_thw=inputs.get("image_grid_thw"), attention_mask=inputs["attention_mask"])
         self.backbone.rope_deltas = None  # no generation follows: never let one batch's deltas reach the next
-        hidden = self.backbone(**inputs, position_ids=position_ids, use_cache=False).last_hidden_state
-        vec = pool(hidden.float(), mask, self.pooling)
+        return inputs
+
+    def pooled(self, prompts: list[str], images: list) -> torch.Tensor:
+        """Item vectors of rendered prompts on the model's device; differentiable outside encode()'s
+        inference mode, which is how fine-tuning trains exactly the vectors `embed` will compute."""
+        inputs = self.model_inputs(prompts, images)
+        hidden = self.backbone(**inputs, use_cache=False).last_hidden_state
+        vec = pool(hidden.float(), inputs["attention_mask"], self.pooling)
         if self.normalize:
             vec = torch.nn.functional.normalize(vec, dim=-1)
-        return vec.cpu()
+        return vec

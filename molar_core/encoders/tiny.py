@@ -29,11 +29,13 @@ def build_tiny_qwen2vl(target: str | Path, seed: int = 0, hidden: int = 64, laye
                        vision_depth: int = 2, vocab_size: int = 512, max_pixels: int = 28 * 28 * 4,
                        kv_heads: int = 1, intermediate: int | None = None, vision_dim: int = 32,
                        vision_heads: int = 2, vision_mlp_ratio: int = 2, vocab_pad_to: int | None = None,
-                       dtype: torch.dtype = torch.float32, device: str = "cpu") -> Path:
+                       dtype: torch.dtype = torch.float32, device: str = "cpu",
+                       corpus: list[str] | None = None) -> Path:
     """Write a loadable random Qwen2-VL to `target` (tiny by default, about 0.2 s) and return the directory.
 
     The shape arguments also build a released model's shape (bench/gpu.py: Qwen2-VL-2B's) to time it without
     its weights; `vocab_pad_to` widens the embedding table to a real vocabulary size beyond the trained tokens.
+    `corpus` trains the tokenizer on a dataset's own text (fine-tuning from scratch) instead of the fixed one.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
@@ -47,7 +49,7 @@ def build_tiny_qwen2vl(target: str | Path, seed: int = 0, hidden: int = 64, laye
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN_SPECIAL, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_CORPUS * 4, trainer)
+    tok.train_from_iterator(corpus if corpus is not None else _CORPUS * 4, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",
                                    model_max_length=2048)
     fast.save_pretrained(target)
