@@ -247,8 +247,8 @@ class ScratchModelParams(Section):
 
     hidden: int = Field(128, ge=8)
     layers: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
-    kv_heads: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)  # head size 64: what vLLM's CPU attention supports (embed.backend: vllm)
+    kv_heads: int = Field(1, ge=1)
     vision_depth: int = Field(2, ge=1)
     vision_dim: int = Field(64, ge=8)
     vision_heads: int = Field(4, ge=1)
