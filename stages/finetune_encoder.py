@@ -9,7 +9,7 @@ The encoder is trained with the `embed` section's prompts, pooling and image siz
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 from pathlib import Path
 
 from molar_core.encoders import EncoderConfig, build_encoder
@@ -67,11 +67,12 @@ def run(p: FinetuneEncoderParams, e: EmbedParams, root: Path = Path(".")) -> dic
     train, valid = read_prepared(root, "train"), read_prepared(root, "valid")
     texts, images = items["text"].to_list(), items["image_path"].to_list()
     gen = seed_everything(p.seed)
-    with tempfile.TemporaryDirectory(prefix="molar-finetune-base-") as tmp:
+    tmp = root / paths.RESUME_DIR / "encoder-base"  # the scratch build, deleted once loaded (rebuilt identically)
+    try:
         if p.init == "scratch":
             s = p.scratch
             corpus = texts + [e.prompt, e.prompt_text_only]
-            base = build_tiny_qwen2vl(Path(tmp) / "model", seed=p.seed, hidden=s.hidden, layers=s.layers,
+            base = build_tiny_qwen2vl(tmp, seed=p.seed, hidden=s.hidden, layers=s.layers,
                                       heads=s.heads, kv_heads=s.kv_heads, vision_depth=s.vision_depth,
                                       vision_dim=s.vision_dim, vision_heads=s.vision_heads, vision_mlp_ratio=4,
                                       vocab_size=s.vocab_size, max_pixels=e.max_pixels, corpus=corpus)
@@ -79,6 +80,8 @@ def run(p: FinetuneEncoderParams, e: EmbedParams, root: Path = Path(".")) -> dic
         else:
             model_name = p.model or DEFAULT_MLLM
         encoder = build_encoder(encoder_config(p, e, model_name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     method = p.method if p.method != "auto" else ("full" if p.init == "scratch" else "lora")
     cfg = FinetuneConfig(
         mixtures={m: MixtureSpec(getattr(p, m).size, getattr(p, m).weight, getattr(p, m).objective)

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from molar_core.io import parse_safetensors_metadata
 from pipeline import paths
 from tests.conftest import small_params
+from tests.test_finetune_encoder import STAGE
 
 REPO = Path(__file__).resolve().parents[1]
 TRIALS = 10
@@ -40,6 +41,9 @@ OUTPUTS = {
     "prepare": ["data/prepared/items.parquet", "data/prepared/train.parquet", "data/prepared/valid.parquet",
                 "data/prepared/test.parquet", "data/prepared/stats.json"],
     "index": [f"artifacts/index/{m}.{ext}" for m in ("sasrec", "content", "molar") for ext in ("faiss", "json")],
+    "finetune_encoder": [f"artifacts/encoder/{f}" for f in (
+        "model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json",
+        "molar_finetune.json")] + ["metrics/finetune_encoder.json", "plots/finetune_encoder/curve.csv"],
     "evaluate": ["metrics/metrics.json", "metrics/per_user.parquet", "plots/evaluate/ndcg_by_history_length.csv",
                  "plots/evaluate/ndcg_by_popularity.csv"],
 }
@@ -77,7 +81,7 @@ def _snapshot(root: Path, stage: str) -> dict[str, object]:
 
 def _remove_outputs(root: Path, stage: str) -> None:
     for rel in _outputs(root, stage):
-        (root / rel).unlink()
+        (root / rel).unlink(missing_ok=True)
 
 
 def _start(root: Path, stage: str) -> subprocess.Popen:
@@ -99,8 +103,9 @@ def _done_before_kill(root: Path, stage: str) -> int | None:
     if stage == "embed":
         manifest = root / "artifacts/embeddings/manifest.json"
         return sum(s["items"] for s in json.loads(manifest.read_text())["shards"]) if manifest.exists() else 0
-    if stage in ("train_id", "train"):
-        state = root / paths.RESUME_DIR / ("sasrec" if stage == "train_id" else "content") / "state.safetensors"
+    if stage in ("train_id", "train", "finetune_encoder"):
+        name = {"train_id": "sasrec", "train": "content", "finetune_encoder": "encoder"}[stage]
+        state = root / paths.RESUME_DIR / name / "state.safetensors"
         if not state.exists():
             return None
         with safe_open(str(state), "pt") as f:
@@ -113,9 +118,9 @@ def _redone_check(root: Path, stage: str, done: int | None, log: str) -> None:
         distinct, encoded = (int(re.search(pattern, log).group(1).replace(",", ""))
                              for pattern in (r"([\d,]+) distinct contents", r"([\d,]+) contents encoded"))
         assert encoded == distinct - done, log  # only contents not in a shard flushed before the kill
-    elif stage in ("train_id", "train"):
-        model = "sasrec" if stage == "train_id" else "content"
-        config = json.loads((root / f"artifacts/{model}/config.json").read_text())
+    elif stage in ("train_id", "train", "finetune_encoder"):
+        config = json.loads((root / {"train_id": "artifacts/sasrec/config.json", "train": "artifacts/content/config.json",
+                                     "finetune_encoder": "artifacts/encoder/molar_finetune.json"}[stage]).read_text())
         assert config["resumed_after_epoch"] == done  # epochs up to the last saved one were not rerun
 
 
@@ -128,11 +133,12 @@ def base(small_workspace, ml_small, tmp_path_factory) -> Path:
     p["embed"].update(SMALL_SHARDS)
     p["train_id"].update(max_epochs=6, patience=100)
     p["train"].update(max_epochs=6, patience=100)
+    p["finetune_encoder"] = {**STAGE, "max_epochs": 3, "patience": 100}
     (root / "params.yaml").write_text(yaml.safe_dump(p))
     return root
 
 
-@pytest.mark.parametrize("stage", ["prepare", "embed", "train_id", "train", "index", "evaluate"])
+@pytest.mark.parametrize("stage", ["prepare", "finetune_encoder", "embed", "train_id", "train", "index", "evaluate"])
 def test_sigkill_at_random_moments_then_rerun_gives_the_same_artifacts(base, tmp_path, stage):
     ref_root = tmp_path / "ref"
     shutil.copytree(base, ref_root)
@@ -169,5 +175,5 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_same_artifacts(base, tmp
         assert not leftovers, leftovers
         shutil.rmtree(root)
     assert killed_mid_run >= TRIALS // 2  # most kills landed while the stage was running
-    if stage in ("embed", "train_id", "train"):
+    if stage in ("embed", "train_id", "train", "finetune_encoder"):
         assert partial >= 1, partial  # and some after part of the work was saved: the resume path was exercised

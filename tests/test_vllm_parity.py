@@ -40,7 +40,30 @@ def vllm_python() -> str:
 
 def test_vllm_backend_matches_transformers(tmp_path, one_torch_thread):
     py = vllm_python()
-    model = build_tiny_qwen2vl(tmp_path / "model", seed=0, hidden=128, heads=2)
+    _compare_backends(py, build_tiny_qwen2vl(tmp_path / "model", seed=0, hidden=128, heads=2), tmp_path)
+
+
+def test_vllm_backend_loads_a_finetuned_encoder(tmp_path, one_torch_thread):
+    """finetune_encoder's output (tokenizer trained on item text, merged weights) is a model vLLM serves."""
+    from molar_core.encoders import EncoderConfig, build_encoder
+    from molar_core.finetune.encoder_training import FinetuneConfig, MixtureSpec, finetune_encoder, save_encoder
+    from molar_core.training import FitConfig
+
+    py = vllm_python()
+    texts = [f"Title: {t}. Release year: 1995" for t in TITLES]
+    base = build_tiny_qwen2vl(tmp_path / "base", seed=0, hidden=128, heads=2, corpus=texts * 3)
+    enc = build_encoder(EncoderConfig(encoder="mllm", model=str(base), backend="transformers", device="cpu",
+                                      max_pixels=28 * 28 * 4, max_text_tokens=64))
+    seqs = [[(u + k) % len(TITLES) + 1 for k in range(6)] for u in range(8)]
+    finetune_encoder(enc, texts, [None] * len(texts), seqs, [s[:-1] for s in seqs], [s[-1] for s in seqs],
+                     FinetuneConfig(mixtures={"SA": MixtureSpec(12), "UB": MixtureSpec(40)}, method="lora",
+                                    lora_r=4, fit=FitConfig(lr=1e-2, batch_size=16, max_epochs=1)),
+                     torch.Generator().manual_seed(0))
+    save_encoder(enc, tmp_path / "finetuned")
+    _compare_backends(py, tmp_path / "finetuned", tmp_path)
+
+
+def _compare_backends(py: str, model: Path, tmp_path: Path) -> None:
     settings = {"encoder": "mllm", "model": str(model), "shard_size": 8, "batch_size": 4,
                 "max_pixels": 28 * 28 * 4, "max_text_tokens": 64}
     hf_root, vllm_root = tmp_path / "hf", tmp_path / "vllm"
