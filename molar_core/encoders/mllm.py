@@ -25,7 +25,7 @@ from molar_core.encoders.base import (
     resolve_dtype,
 )
 from molar_core.encoders.finetuned_dir import check_recorded
-from molar_core.encoders.images import load_image
+from molar_core.encoders.images import LoadedImage, load_image
 
 CHAT = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{summary}"  # Qwen chat turn, no system prompt
 VISION = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -160,6 +160,13 @@ class MllmEncoder(ItemEncoder):
             out.append(text)
         return out
 
+    def usable_image(self, path: str | None) -> LoadedImage:
+        """The image at `path` if this encoder can use it; else None and the reason (no_image, unprocessable...)."""
+        got = load_image(path, self.cfg.max_image_pixels)
+        if got.image is not None and not self._image_ok(got.image):
+            got.image, got.reason = None, "unprocessable"
+        return got
+
     def _image_ok(self, im) -> bool:
         try:
             self._smart_resize(im.height, im.width, factor=self.factor, min_pixels=self.min_pixels,
@@ -176,10 +183,8 @@ class MllmEncoder(ItemEncoder):
         if not self.cfg.use_images:
             image_paths = [None] * len(image_paths)
         for path in image_paths:
-            got = load_image(path, self.cfg.max_image_pixels)
+            got = self.usable_image(path)
             im = got.image
-            if im is not None and not self._image_ok(im):
-                im, got.reason = None, "unprocessable"
             if im is None:
                 if got.reason == "no_image":
                     self.counts.text_only += 1

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from molar_core.encoders.images import load_image
 from molar_core.encoders.mllm import MllmEncoder
 from molar_core.finetune.mixtures import Pair, View
 
@@ -34,10 +33,8 @@ class ItemViews:
         if not encoder.cfg.use_images:
             image_paths = [None] * len(image_paths)
         for path in image_paths:
-            got = load_image(path, encoder.cfg.max_image_pixels)
+            got = encoder.usable_image(path)
             im = got.image
-            if im is not None and not encoder._image_ok(im):
-                im, got.reason = None, "unprocessable"
             if im is None:
                 if got.reason != "no_image":
                     self.image_skips[got.reason] += 1
