@@ -18,5 +18,5 @@ def test_gpu_bench_runs_without_the_rest_of_the_stack():
             "sys.argv = ['bench/gpu.py', '--steps', '2', '--items', '8']; runpy.run_path('bench/gpu.py', run_name='__main__')")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    for path in ("train fp32", "train bf16", "embed", "rank"):
+    for path in ("train fp32", "train bf16", "embed", "rank 1e+05 items", "rank 1e+06 items"):
         assert f"| {path} |" in out.stdout

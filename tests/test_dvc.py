@@ -89,3 +89,23 @@ def test_dvc_repro_noop_and_exp_run(tmp_path):
     page = (tmp_path / "plots_diff" / "index.html").read_text()
     for plot in ("curve.csv", "ndcg_by_history_length.csv", "ndcg_by_popularity.csv", "molar.csv"):
         assert plot in page
+
+
+def test_every_param_a_stage_lists_is_in_params_yaml():
+    """DVC refuses to run a stage whose listed param key is missing from params.yaml (a pydantic default is not
+    enough): every `params:` entry of dvc.yaml must resolve to a key that params.yaml spells out."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    missing = []
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        for key in stage.get("params", []):
+            if "${" in str(key):
+                continue
+            node = params
+            for part in str(key).split("."):
+                if not isinstance(node, dict) or part not in node:
+                    missing.append(f"{name}: {key}")
+                    break
+                node = node[part]
+    assert not missing, missing
