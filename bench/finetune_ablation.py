@@ -12,7 +12,7 @@ Arms (each in its own workspace OUT/seedS/ARM, sharing the prepared data and tha
   text_no_stage1    untrained, text only
 Arms can run in separate processes (pinned to a core each) and be reported together. The report gives each
 arm's test NDCG@10 for the content model and Molar (mean over seeds), and paired bootstrap intervals over users
-(seeds pooled) for: image vs text (with stage 1), stage 1 vs none (text+image), and each arm vs `sentence`.
+(seeds pooled) for: image vs text (with and without stage 1), stage 1 vs none, and each arm vs `sentence`.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def report(out: Path) -> None:
         print(f"| {arm} | {len(ws)} | " + " | ".join(
             t_interval([x[k]["test"]["ndcg@10"] for x in m]) for k in ("content", "molar", "sasrec"))
             + f" | {np.mean([x['finetune_encoder'] for x in t]):.0f} | {np.mean([x['embed'] for x in t]):.0f} |")
-    pairs = [("image_stage1", "text_stage1"), ("image_stage1", "image_no_stage1"),
+    pairs = [("image_stage1", "text_stage1"), ("image_no_stage1", "text_no_stage1"), ("image_stage1", "image_no_stage1"),
              ("text_stage1", "text_no_stage1"), *((a, "sentence") for a in ARMS if a != "sentence")]
     print("\n| comparison (paired over users, seeds both arms ran, pooled) | content | Molar |")
     print("| --- | --- | --- |")
