@@ -91,7 +91,8 @@ def report(out: Path) -> None:
             t_interval([x[k]["test"]["ndcg@10"] for x in m]) for k in ("content", "molar", "sasrec"))
             + f" | {np.mean([x['finetune_encoder'] for x in t]):.0f} | {np.mean([x['embed'] for x in t]):.0f} |")
     pairs = [("image_stage1", "text_stage1"), ("image_no_stage1", "text_no_stage1"),
-             ("image_stage1", "image_no_stage1"), ("text_stage1", "text_no_stage1"), *((a, "sentence") for a in ARMS if a != "sentence")]
+             ("image_stage1", "image_no_stage1"), ("text_stage1", "text_no_stage1"),
+             *((a, "sentence") for a in ARMS if a != "sentence")]
     print("\n| comparison (paired over users, seeds both arms ran, pooled) | content | Molar |")
     print("| --- | --- | --- |")
     for a, b in pairs:
