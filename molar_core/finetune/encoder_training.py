@@ -121,5 +121,9 @@ def finetune_encoder(encoder: MllmEncoder, texts: list[str], image_paths: list[s
 def save_encoder(encoder: MllmEncoder, target: Path) -> None:
     """A model directory `embed` loads by path with either backend: weights, config, tokenizer, processor."""
     encoder.model.save_pretrained(target, safe_serialization=True)
+    backend = getattr(encoder.tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # call-time padding state is not the model's: save the same file whichever calls ran
+        backend.no_padding()
+        backend.no_truncation()
     encoder.tokenizer.save_pretrained(target)
     encoder.processor.image_processor.save_pretrained(target)
