@@ -161,8 +161,9 @@ class MllmEncoder(ItemEncoder):
         return out
 
     def usable_image(self, path: str | None) -> LoadedImage:
-        """The image at `path` if this encoder can use it; else None and the reason (no_image, unprocessable...)."""
-        got = load_image(path, self.cfg.max_image_pixels)
+        """The image at `path` if this encoder can use it; else None and the reason (no_image, unprocessable...).
+        With `use_images: false` every item is text-only (reason no_image)."""
+        got = load_image(path if self.cfg.use_images else None, self.cfg.max_image_pixels)
         if got.image is not None and not self._image_ok(got.image):
             got.image, got.reason = None, "unprocessable"
         return got
@@ -180,8 +181,6 @@ class MllmEncoder(ItemEncoder):
         if len(texts) != len(image_paths):
             raise ValueError("texts and image_paths differ in length")
         images = []
-        if not self.cfg.use_images:
-            image_paths = [None] * len(image_paths)
         for path in image_paths:
             got = self.usable_image(path)
             im = got.image
@@ -218,7 +217,10 @@ class MllmEncoder(ItemEncoder):
         """Processor output on the model's device, with explicit multimodal position ids (padding-proof)."""
         imgs = [im for im in images if im is not None]
         inputs = self.processor(text=prompts, images=imgs or None, padding=True, return_tensors="pt")
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        return self.with_positions({k: v.to(self.device) for k, v in inputs.items()})
+
+    def with_positions(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Model inputs plus explicit multimodal position ids, read from the attention mask (padding-proof)."""
         inputs["position_ids"], _ = self.backbone.get_rope_index(
             input_ids=inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
             image_grid_thw=inputs.get("image_grid_thw"), attention_mask=inputs["attention_mask"])

@@ -30,8 +30,6 @@ class ItemViews:
         self.texts = encoder.prepare_texts(texts)
         self.images: list[Image.Image | None] = []
         self.image_skips: Counter = Counter()
-        if not encoder.cfg.use_images:
-            image_paths = [None] * len(image_paths)
         for path in image_paths:
             got = encoder.usable_image(path)
             im = got.image
@@ -112,11 +110,7 @@ def generative_loss(views: ItemViews, pairs: list[Pair]) -> torch.Tensor:
     if imgs:
         inputs["pixel_values"] = torch.as_tensor(q["pixel_values"])
         inputs["image_grid_thw"] = torch.as_tensor(q["image_grid_thw"])
-    inputs = {k: v.to(enc.device) for k, v in inputs.items()}
-    inputs["position_ids"], _ = enc.backbone.get_rope_index(
-        input_ids=inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-        image_grid_thw=inputs.get("image_grid_thw"), attention_mask=inputs["attention_mask"])
-    enc.backbone.rope_deltas = None
+    inputs = enc.with_positions({k: v.to(enc.device) for k, v in inputs.items()})
     logits = enc.model(**inputs, use_cache=False).logits
     labels = labels.to(logits.device)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
