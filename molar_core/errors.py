@@ -36,3 +36,7 @@ class OutputError(MolarError):
     def __init__(self, path: str, err: OSError):
         reason = err.strerror or str(err)
         super().__init__(f"{path}: cannot write ({reason}); the previous version, if any, is unchanged")
+
+
+class TrainingError(MolarError):
+    """Training cannot go on (the loss became NaN or infinite): names the epoch, the step and the loss parts."""

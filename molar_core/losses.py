@@ -28,20 +28,22 @@ def sampled_softmax_ce(hidden: torch.Tensor, item_vectors: torch.Tensor, targets
 
 def cosine_info_nce(hidden: torch.Tensor, item_vectors: torch.Tensor, targets: torch.Tensor,
                     logit_scale: torch.Tensor, num_negatives: int | None = None,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, negatives: torch.Tensor | None = None) -> torch.Tensor:
     """HLLM/Molar's next-item InfoNCE: cosine similarity times a learnable scale (exp of `logit_scale`,
-    initialised to 1/0.07). With `num_negatives`, shared uniformly sampled negatives replace the full catalogue,
-    and negatives equal to a row's positive are masked."""
+    initialised to 1/0.07). With `num_negatives`, shared uniformly sampled negatives replace the full catalogue
+    (or the given `negatives`, ids into `item_vectors`), and negatives equal to a row's positive are masked."""
     h = F.normalize(hidden, dim=-1)
     scale = logit_scale.exp().clamp(max=100.0)
-    if num_negatives is None:
+    if num_negatives is None and negatives is None:
         return F.cross_entropy(scale * h @ F.normalize(item_vectors, dim=-1).T, targets - 1)
     n = item_vectors.shape[0]
-    neg = torch.randint(1, n + 1, (num_negatives,), generator=generator, device=hidden.device)
+    neg = negatives if negatives is not None else torch.randint(1, n + 1, (num_negatives,), generator=generator,
+                                                                device=hidden.device)
     pos = (h * F.normalize(item_vectors[targets - 1], dim=-1)).sum(-1, keepdim=True)
     negs = h @ F.normalize(item_vectors[neg - 1], dim=-1).T
-    negs = negs.masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
-    logits = scale * torch.cat([pos, negs], dim=1)
+    # scale first, mask after: scale * -inf would send 0 * -inf = NaN into the scale's gradient
+    logits = (scale * torch.cat([pos, negs], dim=1))
+    logits[:, 1:] = logits[:, 1:].masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=hidden.device))
 
 

@@ -34,7 +34,11 @@ def user_chunk(num_items: int, chunk: int | None) -> int:
 
 def target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list[list[int]] | None,
                  targets: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-    """0-based rank of each target among the unmasked items (number of items scoring strictly higher)."""
+    """0-based rank of each target among the unmasked items (number of items scoring strictly higher).
+    NaN vectors are refused: a NaN score is never higher than another, so every target would rank first."""
+    for name, v in (("user", users), ("item", items)):
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{name} vectors contain NaN or inf: ranks would be meaningless")
     chunk = user_chunk(items.shape[0], chunk)
     out = []
     for s in range(0, len(users), chunk):

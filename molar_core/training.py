@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from molar_core.data.sequences import pad_left
+from molar_core.errors import TrainingError
 from molar_core.metrics import mean_metrics, per_user_metrics
 from molar_core.ranking import target_ranks
 from molar_core.resume import EpochState, TrainingResume
@@ -48,6 +49,7 @@ class FitConfig:
     warmup_steps: int = 0
     cosine: bool = False
     precision: str = "fp32"  # fp32 | bf16: autocast the training forward (CPUs with AVX512-BF16/AMX, GPUs)
+    name: str = "training"  # the stage or model named in errors
 
 
 @dataclass
@@ -95,6 +97,10 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
             batch = [train_seqs[i] for i in order[s:s + cfg.batch_size]]
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 loss, parts = loss_fn(batch)
+            if not torch.isfinite(loss):  # stop here: NaN weights would rank every target first (NDCG 1)
+                raise TrainingError(f"{cfg.name}: the loss is {float(loss)} at epoch {epoch}, step "
+                                    f"{s // cfg.batch_size + 1} (parts {parts}): training diverged; lower the "
+                                    f"learning rate, or use precision fp32")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

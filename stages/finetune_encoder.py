@@ -89,7 +89,8 @@ def run(p: FinetuneEncoderParams, e: EmbedParams, root: Path = Path(".")) -> dic
         history=p.history, tau=p.tau, method=method, lora_r=p.lora.r, lora_alpha=p.lora.alpha,
         lora_dropout=p.lora.dropout, lora_targets=tuple(p.lora.targets), valid_users=p.valid_users,
         fit=FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size, max_epochs=p.max_epochs,
-                      patience=p.patience, precision=p.precision, monitor="ndcg@10"))
+                      patience=p.patience, precision=p.precision, monitor="ndcg@10",
+                      name="finetune_encoder"))
     resume = training_resume(root, "encoder", p.model_dump(), encoder.settings())
     with epoch_progress(p.max_epochs) as advance:
         result = finetune_encoder(encoder, texts, images, train["items"].to_list(), valid["history"].to_list(),

@@ -86,7 +86,7 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
                      lambda: ranking_metrics(user_vectors(vh), item_vectors(), vh, vt, protocol.ks, mask),
                      FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
                                max_epochs=p.max_epochs, patience=p.patience, min_epochs=p.min_epochs,
-                               precision=p.precision, monitor=metric),
+                               precision=p.precision, monitor=metric, name=f"train@{name}"),
                      gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
                                                        f"{row['valid_' + metric]:.4f}"), resume=resume)
     model.eval()

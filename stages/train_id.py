@@ -54,7 +54,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
         result = fit(model, seqs, lambda b: sasrec_loss(model, b, p.loss, p.num_negatives, gen), validate,
                      FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
                                max_epochs=p.max_epochs, patience=p.patience, min_epochs=p.min_epochs,
-                               precision=p.precision, monitor=metric),
+                               precision=p.precision, monitor=metric, name="train_id"),
                      gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
                                                        f"{row['valid_' + metric]:.4f}"), resume=resume)
     model.eval()

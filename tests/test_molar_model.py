@@ -41,6 +41,26 @@ def test_cosine_info_nce_full_and_sampled_mask_positive():
     assert torch.isfinite(sampled)  # 200 draws from 10 items always hit the positives: masked, not -inf loss
 
 
+def test_sampled_info_nce_matches_a_loop_and_its_gradients_are_finite():
+    """A sampled negative equal to the positive is left out of that row's softmax, and the learnable scale
+    still gets a finite gradient (scaling after masking sent 0 * -inf = NaN into it and the model diverged)."""
+    torch.manual_seed(1)
+    h, items = torch.randn(6, 8, requires_grad=True), torch.randn(12, 8)
+    targets = torch.tensor([1, 2, 3, 4, 5, 12])
+    scale = torch.tensor(1 / 0.07).log().requires_grad_()
+    loss = cosine_info_nce(h, items, targets, scale, num_negatives=30, generator=torch.Generator().manual_seed(4))
+    neg = torch.randint(1, 13, (30,), generator=torch.Generator().manual_seed(4))
+    assert bool((neg.unsqueeze(0) == targets.unsqueeze(1)).any())  # the case that matters happens here
+    hn, vn = F.normalize(h.detach(), dim=-1), F.normalize(items, dim=-1)
+    ref = 0.0
+    for i, t in enumerate(targets.tolist()):
+        logits = [hn[i] @ vn[t - 1]] + [hn[i] @ vn[n - 1] for n in neg.tolist() if n != t]
+        ref += -F.log_softmax(torch.stack(logits) / 0.07, 0)[0]
+    assert abs(float(loss) - float(ref) / 6) < 1e-4
+    loss.backward()
+    assert torch.isfinite(scale.grad) and bool(torch.isfinite(h.grad).all())
+
+
 def test_bce_one_negative_is_finite_and_decreases_with_margin():
     items = torch.eye(4)
     good = bce_one_negative(10 * items[[0, 1]], items, torch.tensor([1, 2]), torch.Generator().manual_seed(0))
@@ -121,3 +141,39 @@ def test_item_alignment_adds_its_part():
     assert "align_items" in parts and parts["align"] > parts["align_items"] > 0
     loss.backward()
     assert model.head.weight.grad is not None and all(p.grad is None for p in sas.parameters())
+
+
+def test_sampled_negatives_adapt_only_the_touched_items_and_give_the_full_table_loss():
+    """With num_negatives, a step adapts only the items of its histories, targets and negatives (the cost of a
+    step no longer grows with the catalogue); losses and gradients equal those of the whole adapted table."""
+    torch.manual_seed(0)
+    content = ContentUserModel(ContentConfig(num_items=200, input_dim=12, max_len=8, dim=16, heads=2,
+                                             adapter_hidden=32, dropout=0.0), torch.randn(200, 12))
+    sas = SASRec(SASRecConfig(num_items=200, max_len=8, dim=24, heads=2, dropout=0.0)).eval()
+    model = Molar(content, MolarLossConfig(align_alpha=0.5, align_items=True, num_negatives=9), sas)
+    seqs = [[1, 5, 9, 200, 7], [3, 4, 150], [8, 9, 10, 11, 12, 13]]
+    rows = []
+    content.adapter.register_forward_hook(lambda mod, inp, out: rows.append(out.shape[0]))
+    loss, parts = model.loss(seqs, torch.Generator().manual_seed(3))
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    assert rows == [len(set(sum(seqs, [])) | set(
+        torch.randint(1, 201, (9,), generator=torch.Generator().manual_seed(3)).tolist()))]
+    # the reference: every item adapted, same negatives, item alignment on the batch's target items
+    model.zero_grad()
+    from molar_core.data.sequences import next_item_pairs
+
+    inputs, targets = next_item_pairs(seqs, 8)
+    items = content.item_vectors()
+    h = content.hidden(inputs, items)
+    real = targets > 0
+    neg = torch.randint(1, 201, (9,), generator=torch.Generator().manual_seed(3))
+    rec = cosine_info_nce(h[real], items, targets[real], model.logit_scale, negatives=neg)
+    ids = torch.unique(targets[real])
+    align = (symmetric_info_nce(model.head(h[:, -1]), model._frozen_id_users(seqs, inputs), 0.2)
+             + symmetric_info_nce(model.head(items[ids - 1]), sas.item_emb(ids).detach(), 0.2))
+    ref = rec + 0.5 * align
+    assert abs(parts["rec"] - float(rec)) < 1e-5 and abs(float(loss) - float(ref)) < 1e-5
+    ref.backward()
+    for k, g in grads.items():
+        torch.testing.assert_close(g, dict(model.named_parameters())[k].grad, atol=1e-5, rtol=1e-4)

@@ -137,3 +137,30 @@ def test_bf16_training_learns_the_same_rule():
     assert all(v.dtype == torch.float32 for v in m.state_dict().values() if v.is_floating_point())
     with pytest.raises(ValueError, match="precision"):
         _train(0, epochs=1, precision="fp8")
+
+
+def test_a_diverged_loss_stops_training_with_the_epoch_and_step():
+    """A NaN loss ends the run with an error, instead of NaN weights that rank every target first."""
+    from molar_core.errors import TrainingError
+
+    m = _model()
+    calls = []
+
+    def loss_fn(batch):
+        calls.append(len(batch))
+        loss, parts = sasrec_loss(m, batch)
+        return (loss * float("nan"), parts) if len(calls) == 3 else (loss, parts)
+
+    with pytest.raises(TrainingError, match=r"train_id: the loss is nan at epoch 1, step 3"):
+        fit(m, _cyclic_data(), loss_fn, lambda: {"ndcg@10": 0.0},
+            FitConfig(batch_size=8, max_epochs=2, name="train_id"), seed_everything(0))
+
+
+def test_ranking_refuses_nan_vectors():
+    from molar_core.ranking import target_ranks
+
+    users, items = torch.randn(3, 4), torch.randn(5, 4)
+    assert target_ranks(users, items, None, torch.tensor([1, 2, 3])).shape == (3,)
+    items[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="item vectors contain NaN"):
+        target_ranks(users, items, None, torch.tensor([1, 2, 3]))

@@ -50,3 +50,46 @@ def test_catalogue_is_deterministic_unit_norm_and_clustered():
     q = user_queries(a, 50, seed=2)
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, rtol=1e-5)
     assert (q @ a.T).max(1).min() > 0.5  # every user has items near it
+
+
+def test_interaction_tables_cover_the_catalogue_and_prepare_keeps_it(tmp_path):
+    """The scale benchmark's dataset: deterministic, every item drawn, each user's positions in order, and the
+    prepare stage keeps every item and accounts for every row."""
+    import polars as pl
+
+    from molar_core.data.synthetic import interaction_tables
+    from pipeline.params import PrepareParams
+    from stages import prepare
+
+    inter, items = interaction_tables(300, 1_000, mean_length=8, seed=2)
+    again, _ = interaction_tables(300, 1_000, mean_length=8, seed=2)
+    assert inter.equals(again) and items.height == 1_000
+    assert inter["item_id"].n_unique() == 1_000 and inter["item_id"].min() == 0 and inter["item_id"].max() == 999
+    lengths = inter.group_by("user_id").len()["len"]
+    assert lengths.min() >= 5 and inter["user_id"].n_unique() == 300 and abs(lengths.mean() - 8) < 1.5
+    assert inter.group_by("user_id").agg(ok=pl.col("timestamp").diff().drop_nulls().eq(1).all())["ok"].all()
+    inter.write_parquet(tmp_path / "inter.parquet")
+    items.write_parquet(tmp_path / "items.parquet")
+    p = PrepareParams(source="table", table={"interactions": str(tmp_path / "inter.parquet"),
+                                             "items": str(tmp_path / "items.parquet"), "item_key_col": "item_id",
+                                             "title_col": "title", "text_cols": ["description"]})
+    stats = prepare.run(p, tmp_path)
+    rows = stats["rows"]
+    assert rows["input"] == inter.height and rows["kept"] + sum(rows["dropped"].values()) == inter.height
+    # only the few users whose repeats leave them under 5 items take an item away with them
+    assert stats["items"] + stats["items_without_interactions"] == 1_000 and stats["items"] >= 990
+    with pytest.raises(ValueError, match="min_length"):
+        interaction_tables(10, 10, mean_length=3, min_length=5)
+
+
+def test_tiny_sentence_encoder_is_deterministic_and_embeds(tmp_path):
+    from molar_core.encoders.base import EncoderConfig
+    from molar_core.encoders.factory import build_encoder
+    from molar_core.encoders.tiny import build_tiny_sentence_encoder
+
+    a, b = build_tiny_sentence_encoder(tmp_path / "a"), build_tiny_sentence_encoder(tmp_path / "b")
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    enc = build_encoder(EncoderConfig(encoder="sentence", model=str(a), backend="transformers"))
+    v = enc.encode(["Item 1 of topic 0", "Item 2 of topic 0", "another"], [None, None, None])
+    assert v.shape == (3, 32) and np.allclose(v.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    assert not np.allclose(v[0].numpy(), v[2].numpy())

@@ -40,7 +40,6 @@ def build_tiny_qwen2vl(target: str | Path, seed: int = 0, hidden: int = 64, laye
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
-    from transformers.utils import logging as hf_logging
 
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
@@ -76,6 +75,40 @@ def build_tiny_qwen2vl(target: str | Path, seed: int = 0, hidden: int = 64, laye
         torch.manual_seed(seed)
         with torch.device(device):
             model = Qwen2VLForConditionalGeneration(cfg).to(dtype)
+    _save_quietly(model, target)
+    Qwen2VLImageProcessorPil(max_pixels=max_pixels, min_pixels=min(max_pixels, 56 * 56)).save_pretrained(target)
+    return target
+
+
+def build_tiny_sentence_encoder(target: str | Path, seed: int = 0, hidden: int = 32, layers: int = 1,
+                                heads: int = 2) -> Path:
+    """Write a random BERT with all-MiniLM-L6-v2's tokenizer to `target`: a `sentence` encoder (embed.model: DIR)
+    cheap enough to run the real embed stage over a million items (bench/scale.py). Deterministic for a seed."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from molar_core.encoders.sentence import default_model_dir
+
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    source = default_model_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (source / name).exists():
+            shutil.copyfile(source / name, target / name)
+    cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=2 * hidden, max_position_embeddings=512)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BertModel(cfg, add_pooling_layer=False)
+    _save_quietly(model, target)
+    return target
+
+
+def _save_quietly(model, target: Path) -> None:
+    """save_pretrained without its "Writing model shards" bar."""
+    from transformers.utils import logging as hf_logging
+
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -83,5 +116,3 @@ def build_tiny_qwen2vl(target: str | Path, seed: int = 0, hidden: int = 64, laye
     finally:
         if was:
             hf_logging.enable_progress_bar()
-    Qwen2VLImageProcessorPil(max_pixels=max_pixels, min_pixels=min(max_pixels, 56 * 56)).save_pretrained(target)
-    return target

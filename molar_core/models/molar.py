@@ -86,12 +86,29 @@ class Molar(nn.Module):
         device = self.logit_scale.device
         inputs, targets = next_item_pairs(seqs, self.content.cfg.max_len)
         inputs, targets = inputs.to(device), targets.to(device)
-        items = self.content.item_vectors()
-        h = self.content.hidden(inputs, items)
+        neg = None
+        if cfg.rec_loss == "infonce" and cfg.num_negatives is not None:
+            # sampled negatives: adapt only the items this step touches (histories, targets, negatives), so a
+            # step costs the same for 1e4 or 1e6 items; `local` maps item ids to rows of that table (0 stays 0)
+            neg = torch.randint(1, self.content.cfg.num_items + 1, (cfg.num_negatives,), generator=generator,
+                                device=device)
+            touched = torch.unique(torch.cat([inputs[inputs > 0], targets[targets > 0], neg]))
+
+            def local(ids: torch.Tensor) -> torch.Tensor:
+                return torch.where(ids > 0, torch.searchsorted(touched, ids) + 1, 0)
+
+            items = self.content.item_table(touched)
+        else:
+            def local(ids: torch.Tensor) -> torch.Tensor:
+                return ids
+
+            items = self.content.item_vectors()
+        h = self.content.hidden(local(inputs), items)
         real = targets > 0
-        hr, t = h[real], targets[real]
+        hr, t = h[real], local(targets[real])
         if cfg.rec_loss == "infonce":
-            rec = cosine_info_nce(hr, items, t, self.logit_scale, cfg.num_negatives, generator)
+            rec = cosine_info_nce(hr, items, t, self.logit_scale, cfg.num_negatives, generator,
+                                  negatives=local(neg) if neg is not None else None)
         elif cfg.rec_loss == "bce":
             rec = bce_one_negative(hr, items, t, generator)
         else:
@@ -126,8 +143,8 @@ class Molar(nn.Module):
                     a = self.head(a)
                 align = symmetric_info_nce(a, b, cfg.align_tau)
                 if cfg.align_items:
-                    ids = torch.unique(t)[: cfg.align_max_rows]
-                    ai = items[ids - 1]
+                    ids = torch.unique(targets[real])[: cfg.align_max_rows]
+                    ai = items[local(ids) - 1]
                     bi = self.id_model.item_emb(ids).detach() if not cfg.joint else self.id_model.item_emb(ids)
                     if self.head is not None:
                         ai = self.head(ai)

@@ -1,0 +1,142 @@
+"""How each stage's wall time and peak memory grow with the catalogue: 1e4, 1e5 and 1e6 items, 1e5 users.
+
+    python bench/scale.py [--items 10000 100000 1000000] [--users 100000] [--threads 1] [--out /tmp/molar-scale]
+    python bench/scale.py --out /tmp/molar-scale --report          # the table of what has run
+
+Each size gets a workspace OUT/N holding the synthetic tables of `molar_core.data.synthetic.interaction_tables`
+(`prepare.source: table`) and a params.yaml: the repository's params.yaml with the large-catalogue settings in
+SCALE (sampled softmax for SASRec and sampled negatives for the content model, one epoch each, and as item
+encoder a tiny random BERT with MiniLM's tokenizer, so the real embed stage runs over every item in minutes).
+Every stage runs as `python -m stages.X` in its own process, the command `dvc repro` runs, and the table gives
+its wall time and the peak resident memory of that process (os.wait4), with the growth from the smallest size.
+Finished stages are kept in OUT/N/scale.json and skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from molar_core.data.synthetic import interaction_tables  # noqa: E402
+from molar_core.encoders.tiny import build_tiny_sentence_encoder  # noqa: E402
+from molar_core.io import read_json, write_json_atomic  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
+
+MODELS = ["sasrec", "molar"]
+STAGES = [("prepare", []), ("embed", []), ("train_id", []), ("train@molar", ["molar"]), ("index", []),
+          ("evaluate", [])]
+
+
+def scale_overrides(threads: int, encoder_dir: Path) -> dict:
+    """What differs from params.yaml for a large catalogue (README, Performance)."""
+    table = {"interactions": "raw/interactions.parquet", "items": "raw/items.parquet", "item_key_col": "item_id",
+             "title_col": "title", "text_cols": ["description"]}
+    return {
+        "prepare": {"source": "table", "path": None, "table": table},
+        "embed": {"encoder": "sentence", "model": str(encoder_dir), "threads": threads, "batch_size": 256},
+        "train_id": {"loss": "sampled_softmax", "num_negatives": 256, "max_epochs": 1, "threads": threads},
+        "train": {"num_negatives": 256, "max_epochs": 1, "threads": threads},
+        "train_variants": {"molar": {"align_alpha": 0.5}},
+        "index": {"models": MODELS}, "evaluate": {"models": MODELS},
+    }
+
+
+def write_workspace(ws: Path, items: int, users: int, threads: int, seed: int) -> None:
+    """Synthetic tables and a validated params.yaml (an error here names the key before any stage runs)."""
+    raw = ws / "raw"
+    if not (raw / "items.parquet").exists():
+        raw.mkdir(parents=True, exist_ok=True)
+        inter, cat = interaction_tables(users, items, seed=seed)
+        inter.write_parquet(raw / "interactions.parquet")
+        cat.write_parquet(raw / "items.parquet")
+    encoder = ws.parent / "tiny-bert"
+    if not (encoder / "config.json").exists():
+        build_tiny_sentence_encoder(encoder)
+    params = load_params(ROOT / "params.yaml", overrides=scale_overrides(threads, encoder.resolve()))
+    (ws / "params.yaml").write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
+
+
+def run_stage(ws: Path, stage: str, args: list[str], log: Path) -> dict:
+    """Run one stage as DVC would, in its own process: wall seconds and that process's peak RSS."""
+    module = stage.split("@")[0]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t = time.perf_counter()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", f"stages.{module}", *args, "params.yaml"], cwd=ws, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{stage} failed in {ws}; see {log}")
+    return {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
+def run_size(out: Path, items: int, users: int, threads: int, seed: int) -> None:
+    ws = out / str(items)
+    ws.mkdir(parents=True, exist_ok=True)
+    write_workspace(ws, items, users, threads, seed)
+    record = ws / "scale.json"
+    done = read_json(record) if record.exists() else {}
+    for stage, args in STAGES:
+        if stage in done:
+            continue
+        done[stage] = run_stage(ws, stage, args, ws / "stages.log")
+        write_json_atomic(record, done)
+        print(f"{items:>9,} items  {stage:<12} {done[stage]['seconds']:>8.1f} s  "
+              f"{done[stage]['peak_rss_mib']:>8.0f} MiB", flush=True)
+
+
+def report(out: Path) -> None:
+    sizes = sorted(int(p.name) for p in out.iterdir() if p.name.isdigit() and (p / "scale.json").exists())
+    if not sizes:
+        raise SystemExit(f"nothing has run under {out}")
+    runs = {n: read_json(out / str(n) / "scale.json") for n in sizes}
+    stats = {n: read_json(out / str(n) / "data/prepared/stats.json") for n in sizes
+             if (out / str(n) / "data/prepared/stats.json").exists()}
+    for n, s in stats.items():
+        print(f"{n:,} items: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions")
+    first, last = sizes[0], sizes[-1]
+    head = " | ".join(f"{n:,} items: s | peak MiB" for n in sizes)
+    growth = f"time {first:,} -> {last:,} | memory {first:,} -> {last:,}"
+    print(f"\n| stage | {head} | {growth} |")
+    print("| --- " * (2 + 2 * len(sizes) + 1) + "|")
+    for stage, _ in STAGES:
+        cells, ok = [], all(stage in runs[n] for n in (first, last))
+        for n in sizes:
+            r = runs[n].get(stage)
+            cells += [f"{r['seconds']:,.1f}", f"{r['peak_rss_mib']:,.0f}"] if r else ["", ""]
+        if ok:
+            a, b = runs[first][stage], runs[last][stage]
+            cells += [f"{b['seconds'] / a['seconds']:.1f}x", f"{b['peak_rss_mib'] / a['peak_rss_mib']:.1f}x"]
+        else:
+            cells += ["", ""]
+        print(f"| {stage} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/molar-scale"))
+    ap.add_argument("--report", action="store_true", help="only print the table of what has run")
+    args = ap.parse_args()
+    if not args.report:
+        for n in args.items:
+            run_size(args.out, n, args.users, args.threads, args.seed)
+    report(args.out)
+
+
+if __name__ == "__main__":
+    main()
