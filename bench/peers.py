@@ -81,27 +81,15 @@ def recbole_worker(data_root: Path, epochs: int, threads: int, out: Path) -> Non
         "train_sequences": len(train_data.dataset)}))
 
 
-def overrides_from(settings: list[str]) -> dict:
-    """`section.key=value` (value in YAML) -> {"section": {"key": value}}, as `dvc exp run -S` takes them."""
-    import yaml
-
-    out: dict = {}
-    for item in settings:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        out.setdefault(section, {})[name] = yaml.safe_load(value)
-    return out
-
-
 def molar_worker(data_root: Path, threads: int, out: Path, settings: list[str]) -> None:
     """Runs in our environment: the real stages under RecBole's protocol."""
     import resource
 
-    from pipeline.params import load_params
+    from pipeline.params import dotted_overrides, load_params
     from stages import evaluate, index, prepare, train_id
 
     root = Path(tempfile.mkdtemp(prefix="molar-peer-"))
-    extra = overrides_from(settings)
+    extra = dotted_overrides(settings)
     p = load_params(REPO / "params.yaml", overrides={
         **extra, "prepare": {"source": "recbole_atomic", "path": str(data_root / "ml-100k")},
         "protocol": {"masking": "none"}, "train_id": {**extra.get("train_id", {}), "threads": threads},

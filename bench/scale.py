@@ -15,7 +15,6 @@ Finished stages are kept in OUT/N/scale.json and skipped on a rerun.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -131,8 +131,8 @@ def read_json(path: str | Path) -> Any:
 
 
 def runtime_info(seed: int | None = None) -> dict:
-    """Versions of what produced an artifact, recorded in its metadata for reproducibility."""
-    import faiss
+    """Versions of what produced an artifact, recorded in its metadata for reproducibility (FAISS is read from
+    the package metadata, so stages that do not search run where it is not installed)."""
     import torch
 
     import molar_core
@@ -143,7 +143,7 @@ def runtime_info(seed: int | None = None) -> dict:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "polars": _version("polars"),
-        "faiss": faiss.__version__,
+        "faiss": _version("faiss-cpu") or _version("faiss-gpu") or _version("faiss"),
     }
     if seed is not None:
         info["seed"] = seed

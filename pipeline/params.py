@@ -374,6 +374,21 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
     return parse_params(data, str(path))
 
 
+def dotted_overrides(settings: list[str]) -> dict:
+    """`section.key=value` (value in YAML, keys nested with dots) -> a nested dict, as `dvc exp run -S` takes them."""
+    out: dict = {}
+    for item in settings:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ParamsError(f"{item!r}: expected section.key=value")
+        *parents, name = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[name] = yaml.safe_load(value)
+    return out
+
+
 def deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():

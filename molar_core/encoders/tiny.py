@@ -100,7 +100,7 @@ def build_tiny_sentence_encoder(target: str | Path, seed: int = 0, hidden: int =
                      intermediate_size=2 * hidden, max_position_embeddings=512)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = BertModel(cfg, add_pooling_layer=False)
+        model = BertModel(cfg)  # with its (unused) pooler, so AutoModel loads it without a MISSING report
     _save_quietly(model, target)
     return target
 
