@@ -45,12 +45,12 @@ VARIANTS = {  # name -> overrides of the `train` section
     "content": {"align_alpha": 0.0},
     "molar": {"align_alpha": 0.5},
     "molar_items": {"align_alpha": 0.5, "align_items": True},
-    "alpha_0.1": {"align_alpha": 0.1},
-    "alpha_2": {"align_alpha": 2.0},
-    "tau_0.05": {"align_alpha": 0.5, "align_tau": 0.05},
-    "tau_1": {"align_alpha": 0.5, "align_tau": 1.0},
+    "alpha_low": {"align_alpha": 0.1},
+    "alpha_high": {"align_alpha": 2.0},
+    "tau_low": {"align_alpha": 0.5, "align_tau": 0.05},
+    "tau_high": {"align_alpha": 0.5, "align_tau": 1.0},
     "positions_all": {"align_alpha": 0.5, "align_positions": "all"},
-    "items_alpha_2": {"align_alpha": 2.0, "align_items": True},
+    "items_alpha_high": {"align_alpha": 2.0, "align_items": True},
     "hybrid": {"align_alpha": 0.0, "hybrid": True},
     "hybrid_molar": {"align_alpha": 0.5, "align_items": True, "hybrid": True},
 }
@@ -101,6 +101,8 @@ def test_ndcg(ws: Path, model: str) -> dict:
 def train_and_score(ws: Path, seed: int, model: str) -> None:
     """Train one model of one seed (SASRec: train_id) and write its test scores at once, so a sweep cut short
     by a time limit keeps every model that finished."""
+    if (ws / "results" / f"{model}.json").exists():  # a rerun adds models; finished ones (and SASRec) stay
+        return
     run_stage(ws, ["stages.train_id"] if model == "sasrec" else ["stages.train", model])
     write_json_atomic(ws / "results" / f"{model}.json", {"seed": seed, "model": model, **test_ndcg(ws, model)})
     print(f"seed {seed} {model}: test NDCG@10 {read_json(ws / 'results' / f'{model}.json')['ndcg@10']:.4f}",
@@ -116,27 +118,31 @@ def run(args) -> None:
         list(pool.map(lambda j: train_and_score(seeds[j[0]], j[0], j[1]), jobs))
 
 
-def report(dirs: list[Path]) -> None:
+def report(dirs: list[Path], against: list[str]) -> None:
+    """Each model's test NDCG@10 per seed, mean with a t-interval over seeds, and its paired bootstrap
+    difference over users (seeds pooled) to each model in `against`, over the seeds both have."""
     runs = [read_json(f) for d in dirs for f in sorted(d.glob("seed*/results/*.json"))]
     seeds = sorted({r["seed"] for r in runs})
     by_seed: dict[int, dict] = {s: {} for s in seeds}
     for r in runs:
         by_seed[r["seed"]][r["model"]] = r
     models = list(dict.fromkeys(["sasrec", *(r["model"] for r in runs)]))
-    print("| test NDCG@10 | " + " | ".join(f"seed {s}" for s in seeds)
-          + " | mean ± 95% t | − SASRec, paired bootstrap over users (seeds pooled) |")
-    print("| --- " * (len(seeds) + 3) + "|")
+    print("| test NDCG@10 | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% t | "
+          + " | ".join(f"− {b}, paired bootstrap over users (seeds pooled)" for b in against) + " |")
+    print("| --- " * (len(seeds) + 2 + len(against)) + "|")
     for m in models:
         have = [s for s in seeds if m in by_seed[s]]
-        vals = [by_seed[s][m]["ndcg@10"] for s in have]
         cells = [f"{by_seed[s][m]['ndcg@10']:.4f}" if m in by_seed[s] else "" for s in seeds]
-        diff = ""
-        if m != "sasrec" and all("sasrec" in by_seed[s] for s in have):
-            a = np.concatenate([by_seed[s][m]["per_user_ndcg@10"] for s in have])
-            b = np.concatenate([by_seed[s]["sasrec"]["per_user_ndcg@10"] for s in have])
-            pb = paired_bootstrap(a, b)
-            diff = f"{pb['diff']:+.4f} [{pb['ci_low']:+.4f}, {pb['ci_high']:+.4f}]"
-        print(f"| {m} | " + " | ".join(cells) + f" | {t_interval(vals)} | {diff} |")
+        cells.append(t_interval([by_seed[s][m]["ndcg@10"] for s in have]))
+        for b in against:
+            both = [s for s in have if b in by_seed[s]]
+            if m == b or not both:
+                cells.append("")
+                continue
+            pb = paired_bootstrap(np.concatenate([by_seed[s][m]["per_user_ndcg@10"] for s in both]),
+                                  np.concatenate([by_seed[s][b]["per_user_ndcg@10"] for s in both]))
+            cells.append(f"{pb['diff']:+.4f} [{pb['ci_low']:+.4f}, {pb['ci_high']:+.4f}]")
+        print(f"| {m} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -151,13 +157,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="processes at a time")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--report", type=Path, nargs="+", help="only print the table of these sweep folders")
+    ap.add_argument("--against", nargs="+", default=["sasrec"], help="models each row is compared with")
     args = ap.parse_args()
     if args.report:
-        return report(args.report)
+        return report(args.report, args.against)
     if not (args.workspace and args.out):
         ap.error("--workspace and --out are needed to run a sweep")
     run(args)
-    report([args.out])
+    report([args.out], args.against)
 
 
 if __name__ == "__main__":
