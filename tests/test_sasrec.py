@@ -164,3 +164,16 @@ def test_ranking_refuses_nan_vectors():
     items[2, 1] = float("nan")
     with pytest.raises(ValueError, match="item vectors contain NaN"):
         target_ranks(users, items, None, torch.tensor([1, 2, 3]))
+
+
+def test_user_vectors_do_not_hold_the_whole_hidden_state():
+    """encode_users keeps every batch's user vectors until it concatenates them: a (B, D) view of the (B, L, D)
+    hidden states would keep L times the memory alive (3 GB at 1e5 users in bench/scale.py)."""
+    from molar_core.models.content import ContentConfig, ContentUserModel
+
+    seq = torch.randint(1, 30, (8, 12))
+    content = ContentUserModel(ContentConfig(num_items=30, input_dim=6, max_len=12, dim=16, heads=2), torch.randn(30, 6))
+    for model in (_model(), content.eval()):
+        with torch.no_grad():
+            u = model.user_vectors(seq)
+        assert u.shape == (8, 16) and u.untyped_storage().nbytes() == 8 * 16 * 4

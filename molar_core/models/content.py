@@ -81,7 +81,7 @@ class ContentUserModel(nn.Module):
         return self.encoder(padded[seq], seq > 0)
 
     def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
-        return self.hidden(seq)[:, -1]
+        return self.hidden(seq)[:, -1].contiguous()  # a copy: a view would keep all (B, L, D) states alive
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_table()

@@ -53,7 +53,7 @@ class SASRec(nn.Module):
 
     def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
         """The user vector is the hidden state at the last (newest) position."""
-        return self.hidden(seq)[:, -1]
+        return self.hidden(seq)[:, -1].contiguous()  # a copy: a view would keep all (B, L, D) states alive
 
     def item_vectors(self) -> torch.Tensor:
         """Scoring vectors of items 1..N (row i is item i+1)."""
