@@ -40,10 +40,10 @@ def cosine_info_nce(hidden: torch.Tensor, item_vectors: torch.Tensor, targets: t
     neg = negatives if negatives is not None else torch.randint(1, n + 1, (num_negatives,), generator=generator,
                                                                 device=hidden.device)
     pos = (h * F.normalize(item_vectors[targets - 1], dim=-1)).sum(-1, keepdim=True)
-    negs = h @ F.normalize(item_vectors[neg - 1], dim=-1).T
+    negs = scale * (h @ F.normalize(item_vectors[neg - 1], dim=-1).T)
     # scale first, mask after: scale * -inf would send 0 * -inf = NaN into the scale's gradient
-    logits = (scale * torch.cat([pos, negs], dim=1))
-    logits[:, 1:] = logits[:, 1:].masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    negs = negs.masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    logits = torch.cat([scale * pos, negs], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=hidden.device))
 
 
