@@ -51,7 +51,8 @@ class Molar(nn.Module):
             for p in id_model.parameters():
                 p.requires_grad_(False)
         id_dim = id_model.cfg.dim if id_model is not None else content.cfg.dim
-        self._id_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._id_cache: dict[tuple[int, ...], int] = {}  # training sequence -> row of _id_table
+        self._id_table: torch.Tensor | None = None
         self.head = nn.Linear(content.cfg.dim, id_dim) if loss.align_head and id_model is not None else None
         if self.head is None and id_model is not None and id_dim != content.cfg.dim:
             raise ValueError(f"content dim {content.cfg.dim} != ID dim {id_dim}: enable align_head")
@@ -65,11 +66,24 @@ class Molar(nn.Module):
         if missing:
             self.id_model.eval()
             with torch.no_grad():
-                fresh = dict(zip(missing, self.id_model.user_vectors(id_in[missing])))
+                vectors = self.id_model.user_vectors(id_in[missing])
+            fresh = dict(zip(missing, vectors))
             room = max(self.loss_cfg.id_cache_size - len(self._id_cache), 0)
-            for i in missing[:room]:
-                self._id_cache[keys[i]] = fresh[i]
-        return torch.stack([fresh[i] if i in fresh else self._id_cache[k] for i, k in enumerate(keys)])
+            kept = missing[:room]
+            if kept:
+                # rows of one growing table, not one small tensor per batch: small long-lived tensors between
+                # each step's large temporaries fragment glibc's heap (GBs of freed memory held at 1e5 users)
+                first = len(self._id_cache)
+                if self._id_table is None or first + len(kept) > len(self._id_table):
+                    grown = torch.empty(max(2 * (first + len(kept)), 1024), vectors.shape[1], device=vectors.device)
+                    if self._id_table is not None:
+                        grown[:first] = self._id_table[:first]
+                    self._id_table = grown
+                self._id_table[first:first + len(kept)] = vectors[:len(kept)]
+                for row, i in enumerate(kept, start=first):
+                    self._id_cache[keys[i]] = row
+        return torch.stack([fresh[i] if i in fresh else self._id_table[self._id_cache[k]]
+                            for i, k in enumerate(keys)])
 
     def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
         return self.content.user_vectors(seq)
