@@ -180,3 +180,14 @@ def test_prepare_stage_fails_before_any_work(tmp_path):
     assert "Traceback" not in out
     assert not (tmp_path / "data").exists()
     assert sorted(f.name for f in tmp_path.iterdir()) == ["BAD.yaml"]
+
+
+def test_dotted_overrides_nest_keys_and_parse_yaml_values():
+    from pipeline.params import ParamsError, dotted_overrides
+
+    got = dotted_overrides(["train.patience=15", "prepare.images.dir=posters", "train.hybrid=true",
+                            "index.models=[sasrec, molar]"])
+    assert got == {"train": {"patience": 15, "hybrid": True}, "prepare": {"images": {"dir": "posters"}},
+                   "index": {"models": ["sasrec", "molar"]}}
+    with pytest.raises(ParamsError, match="train.patience"):
+        dotted_overrides(["train.patience"])
