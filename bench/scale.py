@@ -15,10 +15,7 @@ Finished stages are kept in OUT/N/scale.json and skipped on a rerun.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -26,6 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.stage_process import run_stage  # noqa: E402
 from molar_core.data.synthetic import interaction_tables  # noqa: E402
 from molar_core.encoders.tiny import build_tiny_sentence_encoder  # noqa: E402
 from molar_core.io import read_json, write_json_atomic  # noqa: E402
@@ -65,21 +63,6 @@ def write_workspace(ws: Path, items: int, users: int, threads: int, seed: int) -
     (ws / "params.yaml").write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
 
 
-def run_stage(ws: Path, stage: str, args: list[str], log: Path) -> dict:
-    """Run one stage as DVC would, in its own process: wall seconds and that process's peak RSS."""
-    module = stage.split("@")[0]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    t = time.perf_counter()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", f"stages.{module}", *args, "params.yaml"], cwd=ws, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{stage} failed in {ws}; see {log}")
-    return {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
-
-
 def run_size(out: Path, items: int, users: int, threads: int, seed: int) -> None:
     ws = out / str(items)
     ws.mkdir(parents=True, exist_ok=True)
@@ -89,7 +72,7 @@ def run_size(out: Path, items: int, users: int, threads: int, seed: int) -> None
     for stage, args in STAGES:
         if stage in done:
             continue
-        done[stage] = run_stage(ws, stage, args, ws / "stages.log")
+        done[stage] = run_stage(ws, [f"stages.{stage.split('@')[0]}", *args], ws / "stages.log")
         write_json_atomic(record, done)
         print(f"{items:>9,} items  {stage:<12} {done[stage]['seconds']:>8.1f} s  "
               f"{done[stage]['peak_rss_mib']:>8.0f} MiB", flush=True)

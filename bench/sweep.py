@@ -19,11 +19,8 @@ against SASRec. Nothing here needs FAISS, so the script runs where only torch, p
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,6 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.stage_process import run_stage  # noqa: E402
 from molar_core.checkpoint import open_checkpoint  # noqa: E402
 from molar_core.io import read_json, write_json_atomic  # noqa: E402
 from molar_core.metrics import paired_bootstrap, per_user_metrics, t_interval  # noqa: E402
@@ -70,19 +68,6 @@ def seed_workspace(args, seed: int) -> Path:
     return ws
 
 
-def run_stage(ws: Path, argv: list[str]) -> float:
-    """One stage as `dvc repro` runs it, in its own process; its log beside; seconds."""
-    t = time.perf_counter()
-    log = ws / f"{'_'.join(argv)}.log"
-    with open(log, "wb") as out:
-        code = subprocess.call([sys.executable, "-m", *argv, "params.yaml"], cwd=ws, stdout=out,
-                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                   [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
-    if code != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed in {ws}: see {log}")
-    return time.perf_counter() - t
-
-
 def test_ndcg(ws: Path, model: str) -> dict:
     """Per-user test NDCG@10 of a trained model: its saved test user vectors against its item vectors, every
     item ranked, the user's history masked (the default protocol)."""
@@ -103,7 +88,8 @@ def train_and_score(ws: Path, seed: int, model: str) -> None:
     by a time limit keeps every model that finished."""
     if (ws / "results" / f"{model}.json").exists():  # a rerun adds models; finished ones (and SASRec) stay
         return
-    run_stage(ws, ["stages.train_id"] if model == "sasrec" else ["stages.train", model])
+    argv = ["stages.train_id"] if model == "sasrec" else ["stages.train", model]
+    run_stage(ws, argv, ws / f"{'_'.join(argv)}.log")
     write_json_atomic(ws / "results" / f"{model}.json", {"seed": seed, "model": model, **test_ndcg(ws, model)})
     print(f"seed {seed} {model}: test NDCG@10 {read_json(ws / 'results' / f'{model}.json')['ndcg@10']:.4f}",
           flush=True)
