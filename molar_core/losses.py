@@ -13,12 +13,18 @@ def full_softmax_ce(hidden: torch.Tensor, item_vectors: torch.Tensor, targets: t
     return F.cross_entropy(logits, targets - 1)
 
 
+def sample_negatives(num_items: int, count: int, generator: torch.Generator | None,
+                     device: torch.device | str) -> torch.Tensor:
+    """`count` item ids drawn uniformly from 1..num_items, shared by a batch (a draw may equal a positive)."""
+    return torch.randint(1, num_items + 1, (count,), generator=generator, device=device)
+
+
 def sampled_softmax_ce(hidden: torch.Tensor, item_vectors: torch.Tensor, targets: torch.Tensor,
                        num_negatives: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Cross-entropy against the positive and `num_negatives` uniformly sampled items shared by the batch,
     with the sampled items that equal a row's positive masked out (for catalogues too large for full softmax)."""
     n = item_vectors.shape[0]
-    neg = torch.randint(1, n + 1, (num_negatives,), generator=generator, device=hidden.device)
+    neg = sample_negatives(n, num_negatives, generator, hidden.device)
     pos_logit = (hidden * item_vectors[targets - 1]).sum(-1, keepdim=True)
     neg_logit = hidden @ item_vectors[neg - 1].T
     neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
@@ -37,8 +43,7 @@ def cosine_info_nce(hidden: torch.Tensor, item_vectors: torch.Tensor, targets: t
     if num_negatives is None and negatives is None:
         return F.cross_entropy(scale * h @ F.normalize(item_vectors, dim=-1).T, targets - 1)
     n = item_vectors.shape[0]
-    neg = negatives if negatives is not None else torch.randint(1, n + 1, (num_negatives,), generator=generator,
-                                                                device=hidden.device)
+    neg = negatives if negatives is not None else sample_negatives(n, num_negatives, generator, hidden.device)
     pos = (h * F.normalize(item_vectors[targets - 1], dim=-1)).sum(-1, keepdim=True)
     negs = scale * (h @ F.normalize(item_vectors[neg - 1], dim=-1).T)
     # scale first, mask after: scale * -inf would send 0 * -inf = NaN into the scale's gradient

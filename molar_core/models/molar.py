@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from molar_core.data.sequences import next_item_pairs
-from molar_core.losses import bce_one_negative, cosine_info_nce, full_softmax_ce, symmetric_info_nce
+from molar_core.losses import (
+    bce_one_negative,
+    cosine_info_nce,
+    full_softmax_ce,
+    sample_negatives,
+    symmetric_info_nce,
+)
 from molar_core.models.content import ContentUserModel
 from molar_core.models.sasrec import SASRec
 
@@ -104,8 +110,7 @@ class Molar(nn.Module):
         if cfg.rec_loss == "infonce" and cfg.num_negatives is not None:
             # sampled negatives: adapt only the items this step touches (histories, targets, negatives), so a
             # step costs the same for 1e4 or 1e6 items; `local` maps item ids to rows of that table (0 stays 0)
-            neg = torch.randint(1, self.content.cfg.num_items + 1, (cfg.num_negatives,), generator=generator,
-                                device=device)
+            neg = sample_negatives(self.content.cfg.num_items, cfg.num_negatives, generator, device)
             touched = torch.unique(torch.cat([inputs[inputs > 0], targets[targets > 0], neg]))
 
             def local(ids: torch.Tensor) -> torch.Tensor:
