@@ -49,6 +49,23 @@ def read_table(prepared: Path, name: str) -> pl.DataFrame:
     return df
 
 
+def scan_items(root: Path) -> pl.LazyFrame:
+    """items.parquet as a LazyFrame, checked as read_prepared checks it (columns, types, ids 1..N) while reading
+    only its id column: the embed stage then reads the texts a slice at a time."""
+    path = root / paths.ITEMS
+    rebuild = "dvc repro prepare (or `molar prepare`)"
+    if not path.exists():
+        raise ArtifactError(str(path), "not found", rebuild)
+    try:
+        lazy = pl.scan_parquet(path)
+        schema = lazy.collect_schema()
+        ids = lazy.select("item_id").collect() if "item_id" in schema else pl.DataFrame()
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise ArtifactError(str(path), f"not a readable parquet file ({err})", rebuild) from None
+    check_prepared("items", ids, None, str(path), rebuild, schema=schema)
+    return lazy
+
+
 def read_prepared(root: Path, name: str) -> pl.DataFrame:
     """A prepared table of the workspace at `root`."""
     return read_table(root / paths.PREPARED, name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
@@ -18,10 +19,11 @@ from molar_core.io import runtime_info, write_json_atomic
 from molar_core.store import update_embeddings
 from pipeline import paths
 from pipeline.params import EmbedParams, Params
-from stages.common import console, params_from_argv, read_prepared, run_main, summary
+from stages.common import console, params_from_argv, run_main, scan_items, summary
 
 METRICS = paths.METRICS_DIR / "embed.json"
 PAUSE_ENV = "MOLAR_EMBED_PAUSE_AFTER_SHARD"  # test-only hook: seconds to sleep after each flushed shard
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 
 def encoder_config(p: EmbedParams, root: Path = Path(".")) -> EncoderConfig:
@@ -32,14 +34,16 @@ def encoder_config(p: EmbedParams, root: Path = Path(".")) -> EncoderConfig:
     return cfg
 
 
-def resolve_images(items: pl.DataFrame, root: Path) -> pl.DataFrame:
-    """Relative image paths are relative to the project root (prepare writes absolute ones)."""
-    fixed = [p if p is None or Path(p).is_absolute() else str(root / p) for p in items["image_path"].to_list()]
-    return items.with_columns(pl.Series("image_path", fixed, dtype=pl.String))
+def resolve_images(items: FrameT, root: Path) -> FrameT:
+    """Relative image paths are relative to the project root (prepare writes absolute ones); a DataFrame or a
+    LazyFrame, so the embed stage can keep reading its items a slice at a time."""
+    path = pl.col("image_path")
+    return items.with_columns(pl.when(path.str.starts_with("/")).then(path)
+                              .otherwise(pl.lit(f"{root}/") + path).alias("image_path"))
 
 
 def run(p: EmbedParams, root: Path = Path(".")) -> dict:
-    items = resolve_images(read_prepared(root, "items"), root)
+    items = resolve_images(scan_items(root), root)
     t0 = time.perf_counter()
     encoder = build_encoder(encoder_config(p, root))
     load_s = time.perf_counter() - t0

@@ -211,3 +211,12 @@ def test_cli_inspect_embeddings(tmp_path):
     write_items(tmp_path, TITLES[:9], with_images=False)  # a new item: coverage drops, nothing fails
     res = runner.invoke(app, ["inspect", "embeddings", "--root", str(tmp_path)])
     assert res.exit_code == 0 and "coverage: 8 / 9" in res.output
+
+
+def test_relative_image_paths_resolve_against_the_project_root_in_a_lazy_table(tmp_path):
+    from stages.embed import resolve_images
+
+    items = pl.DataFrame({"image_path": ["/abs/a.jpg", "posters/b.jpg", None]})
+    want = ["/abs/a.jpg", f"{tmp_path}/posters/b.jpg", None]
+    assert resolve_images(items, tmp_path)["image_path"].to_list() == want
+    assert resolve_images(items.lazy(), tmp_path).collect()["image_path"].to_list() == want

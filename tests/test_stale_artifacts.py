@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from molar_core.errors import ArtifactError
-from stages import evaluate, index, train, train_id
+from stages import embed, evaluate, index, train, train_id
 from tests.conftest import small_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -94,3 +94,21 @@ def test_an_unreadable_prepared_table_is_named(ws):
     (root / "data/prepared/train.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(ArtifactError, match=r"train.parquet: not a readable parquet file.*dvc repro prepare"):
         train_id.run(p.train_id, p.protocol, root)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda df: df.drop("text"), r"items.parquet: has no column 'text'"),
+    (lambda df: df.with_columns(pl.col("item_id").cast(pl.Int64)), r"column 'item_id' is Int64, expected Int32"),
+    (lambda df: df.reverse(), r"items.parquet: item_id is not 1..N in order"),
+    (None, r"items.parquet: not a readable parquet file"),
+])
+def test_embed_refuses_a_bad_items_table_it_reads_lazily(ws, edit, message):
+    """embed scans items.parquet a slice at a time; the checks are read_prepared's, before any model loads."""
+    root, p = ws
+    path = root / "data/prepared/items.parquet"
+    if edit is None:
+        path.write_bytes(b"PAR1 truncated")
+    else:
+        edit(pl.read_parquet(path)).write_parquet(path)
+    with pytest.raises(ArtifactError, match=message + r".*dvc repro prepare"):
+        embed.run(p.embed, root)

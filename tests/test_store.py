@@ -271,3 +271,33 @@ def test_identical_runs_write_byte_identical_shards(tmp_path):
         write_shard(path, vecs, hashes, torch.tensor([0, 1, 0]), "h" * 64)
         blobs.add(path.read_bytes())
     assert len(blobs) == 1
+
+
+def test_update_reads_a_lazy_items_table_a_slice_at_a_time(tmp_path):
+    """The embed stage's path: a parquet scan, texts read `slice_rows` rows at a time. Same vectors as the
+    in-memory table; contents repeated across slice boundaries still encoded once; the Python heap holds one
+    slice of texts, not the catalogue's (the old path held every text as a Python string: ~2x the texts)."""
+    import tracemalloc
+
+    from molar_core.store import update_embeddings
+
+    n, filler = 6000, "x" * 2000
+    texts = [f"item {i % 4000} {filler}" for i in range(n)]  # rows 4000.. repeat rows 0.., across slices
+    items = pl.DataFrame({"item_id": list(range(1, n + 1)), "text": texts,
+                          "image_path": pl.Series([None] * n, dtype=pl.String),
+                          "content_hash": [h(t) for t in texts]})
+    items.write_parquet(tmp_path / "items.parquet", row_group_size=500)
+    del texts
+    enc = FakeEncoder()
+    tracemalloc.start()
+    report = update_embeddings(tmp_path / "cache", pl.scan_parquet(tmp_path / "items.parquet"), enc,
+                               shard_size=512, window=100, slice_rows=700)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert max(enc.calls) <= 100 and sum(enc.calls) == 4000
+    assert (report.items, report.unique, report.embedded) == (6000, 4000, 6000)
+    assert peak < 4e6, f"Python heap peaked at {peak / 1e6:.1f} MB (texts of the catalogue: 12 MB)"
+    _, vectors = load_item_embeddings(tmp_path / "cache", items)
+    assert torch.equal(vectors, torch.stack([vec(t) for t in items["text"].to_list()]))
+    again = update_embeddings(tmp_path / "cache", items, FakeEncoder(), shard_size=512)
+    assert (again.embedded, again.reused, again.shards_written) == (0, 6000, [])

@@ -47,15 +47,18 @@ PREPARED_SCHEMA = {  # the columns every reader relies on, and their types
 }
 
 
-def check_prepared(name: str, df: pl.DataFrame, num_items: int | None, path: str, rebuild: str) -> None:
+def check_prepared(name: str, df: pl.DataFrame, num_items: int | None, path: str, rebuild: str,
+                   schema: pl.Schema | None = None) -> None:
     """A prepared table as the stages after `prepare` need it: columns and types, item ids 1..N, no nulls where
-    an id is expected. A table edited by hand or written by other code fails here, not deep inside training."""
+    an id is expected. A table edited by hand or written by other code fails here, not deep inside training.
+    `schema`: the whole file's, when `df` holds only the id column of an items table read lazily."""
+    schema = schema if schema is not None else df.schema
     for column, dtype in PREPARED_SCHEMA[name].items():
-        if column not in df.columns:
+        if column not in schema:
             raise ArtifactError(path, f"has no column '{column}' (a prepared {name} table has "
                                 f"{', '.join(PREPARED_SCHEMA[name])})", rebuild)
-        if df.schema[column] != dtype:
-            raise ArtifactError(path, f"column '{column}' is {df.schema[column]}, expected {dtype}", rebuild)
+        if schema[column] != dtype:
+            raise ArtifactError(path, f"column '{column}' is {schema[column]}, expected {dtype}", rebuild)
     if name == "items":
         if not df["item_id"].equals(pl.Series("item_id", range(1, df.height + 1), dtype=pl.Int32)):
             raise ArtifactError(path, "item_id is not 1..N in order", rebuild)

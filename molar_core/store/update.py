@@ -20,6 +20,7 @@ from molar_core.store.cache import EmbeddingCache
 from molar_core.store.shards import ShardEntry
 
 COLUMNS = ("item_id", "text", "image_path", "content_hash")
+SLICE_ROWS = 8192  # rows of texts held at a time
 
 
 @dataclass
@@ -47,38 +48,53 @@ class UpdateReport:
         return d
 
 
-def update_embeddings(store: str | Path, items: pl.DataFrame, encoder: ItemEncoder, shard_size: int,
-                      window: int | None = None, runtime: dict | None = None,
+def update_embeddings(store: str | Path, items: pl.DataFrame | pl.LazyFrame, encoder: ItemEncoder,
+                      shard_size: int, window: int | None = None, runtime: dict | None = None,
                       log: Callable[[str], None] | None = None,
-                      after_flush: Callable[[ShardEntry], None] | None = None) -> UpdateReport:
-    """Embed what is missing for `items` (item_id, text, image_path, content_hash) into the cache at `store`."""
-    missing_cols = [c for c in COLUMNS if c not in items.columns]
+                      after_flush: Callable[[ShardEntry], None] | None = None,
+                      slice_rows: int = SLICE_ROWS) -> UpdateReport:
+    """Embed what is missing for `items` (item_id, text, image_path, content_hash) into the cache at `store`.
+
+    `items` may be a LazyFrame (`pl.scan_parquet(items.parquet)`): only the id and hash columns are read whole;
+    texts and image paths are read `slice_rows` rows at a time, so memory does not grow with the texts of the
+    catalogue. The first row of each content hash, in table order, is the one encoded.
+    """
+    lazy = items.lazy()
+    missing_cols = [c for c in COLUMNS if c not in lazy.collect_schema().names()]
     if missing_cols:
         raise DataError("items", f"items table lacks columns {missing_cols}")
-    items = items.sort("item_id")
-    hashes = items["content_hash"].to_list()
-    first = {}
-    for text, img, h in zip(items["text"].to_list(), items["image_path"].to_list(), hashes):
-        first.setdefault(h, (text, img))
+    keys = lazy.select("item_id", "content_hash").collect()
+    hashes = keys["content_hash"].to_list()
     window = window or max(1, min(shard_size, 8 * getattr(getattr(encoder, "cfg", None), "batch_size", 32)))
     with EmbeddingCache(store, encoder.settings(), shard_size, runtime, log, after_flush) as cache:
         todo = cache.missing(hashes)
+        rows = (keys.with_row_index("row").filter(pl.col("content_hash").is_in(todo))
+                .unique("content_hash", keep="first", maintain_order=True)["row"].to_numpy())
         kept_before = len(cache.manifest.shards)
         start = time.perf_counter()
-        for lo in range(0, len(todo), window):
-            chunk = todo[lo:lo + window]
-            texts = [first[h][0] for h in chunk]
-            paths = [first[h][1] for h in chunk]
-            vec = encoder.encode(texts, paths)
-            cache.add(vec, chunk, torch.tensor(encoder.last_image_used, dtype=torch.uint8).reshape(-1))
+        pending: list[pl.DataFrame] = []
+        for lo in range(0, len(keys), slice_rows):
+            want = rows[(rows >= lo) & (rows < lo + slice_rows)] - lo
+            if len(want):
+                part = lazy.slice(lo, slice_rows).select("text", "image_path", "content_hash").collect()
+                pending.append(part[want])
+            while pending and (sum(map(len, pending)) >= window or lo + slice_rows >= len(keys)):
+                batch = pl.concat(pending)
+                pending = [batch[window:]] if len(batch) > window else []
+                _encode_into(cache, encoder, batch[:window])
         cache.flush()
         seconds = time.perf_counter() - start
-        pruned = cache.finish(items["item_id"].to_list(), hashes)
+        order = keys["item_id"].arg_sort()
+        pruned = cache.finish(keys["item_id"].gather(order).to_list(), [hashes[i] for i in order])
         embedded_unique = set(todo)
         return UpdateReport(
-            items=len(hashes), unique=len(first),
+            items=len(hashes), unique=len(set(hashes)),
             embedded=sum(h in embedded_unique for h in hashes), reused=sum(h not in embedded_unique for h in hashes),
             shards_written=list(cache.written), shards_kept=kept_before - len(pruned),
             shards_dropped=list(cache.dropped), shards_pruned=pruned, fresh_reason=cache.fresh_reason,
             settings_hash=cache.hash, seconds=seconds, counts=encoder.counts.as_dict())
 
+
+def _encode_into(cache: EmbeddingCache, encoder: ItemEncoder, batch: pl.DataFrame) -> None:
+    vec = encoder.encode(batch["text"].to_list(), batch["image_path"].to_list())
+    cache.add(vec, batch["content_hash"].to_list(), torch.tensor(encoder.last_image_used, dtype=torch.uint8).reshape(-1))
