@@ -2,6 +2,7 @@
 
     python bench/scale.py [--items 10000 100000 1000000] [--users 100000] [--threads 1] [--out /tmp/molar-scale]
     python bench/scale.py --out /tmp/molar-scale --report          # the table of what has run
+    python bench/scale.py --items 1000000 --stages embed --redo embed   # measure one stage again
 
 Each size gets a workspace OUT/N holding the synthetic tables of `molar_core.data.synthetic.interaction_tables`
 (`prepare.source: table`) and a params.yaml: the repository's params.yaml with the large-catalogue settings in
@@ -15,6 +16,7 @@ Finished stages are kept in OUT/N/scale.json and skipped on a rerun.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -63,14 +65,21 @@ def write_workspace(ws: Path, items: int, users: int, threads: int, seed: int) -
     (ws / "params.yaml").write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
 
 
-def run_size(out: Path, items: int, users: int, threads: int, seed: int) -> None:
+def run_size(out: Path, items: int, users: int, threads: int, seed: int, only: list[str] | None = None,
+             redo: list[str] = ()) -> None:
+    """Run the stages of one size that have no record yet (`only`: just these; `redo`: measure these again,
+    from a cold start: a redone embed starts from an empty cache)."""
     ws = out / str(items)
     ws.mkdir(parents=True, exist_ok=True)
     write_workspace(ws, items, users, threads, seed)
     record = ws / "scale.json"
     done = read_json(record) if record.exists() else {}
+    for stage in redo:
+        done.pop(stage, None)
+        if stage == "embed":
+            shutil.rmtree(ws / "artifacts" / "embeddings", ignore_errors=True)
     for stage, args in STAGES:
-        if stage in done:
+        if stage in done or (only and stage not in only):
             continue
         done[stage] = run_stage(ws, [f"stages.{stage.split('@')[0]}", *args], ws / "stages.log")
         write_json_atomic(record, done)
@@ -113,10 +122,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("/tmp/molar-scale"))
     ap.add_argument("--report", action="store_true", help="only print the table of what has run")
+    names = [s for s, _ in STAGES]
+    ap.add_argument("--stages", nargs="+", choices=names, help="run only these stages (default: all)")
+    ap.add_argument("--redo", nargs="+", choices=names, default=[], help="measure these again (embed: cold cache)")
     args = ap.parse_args()
     if not args.report:
         for n in args.items:
-            run_size(args.out, n, args.users, args.threads, args.seed)
+            run_size(args.out, n, args.users, args.threads, args.seed, args.stages, args.redo)
     report(args.out)
 
 

@@ -20,9 +20,11 @@ def gpu_count() -> int:
 
 
 def build_index(vectors: np.ndarray, factory: str = "Flat", train_sample: int = 100_000, nprobe: int = 16,
-                use_gpu: str = "auto", seed: int = 0, ef_search: int = 64) -> tuple[faiss.Index, dict]:
+                use_gpu: str = "auto", seed: int = 0, ef_search: int = 64,
+                refine_k_factor: int = 1) -> tuple[faiss.Index, dict]:
     """Build an inner-product index from a factory string; returns (cpu index, build info). The search settings
-    (IVF nprobe, HNSW efSearch) are stored in the index, so a saved index searches as it was benchmarked."""
+    (IVF nprobe, HNSW efSearch, the k x refine_k_factor candidates a `,RFlat` index re-ranks exactly) are stored
+    in the index, so a saved index searches as it was benchmarked."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
     t0 = time.perf_counter()
@@ -37,10 +39,10 @@ def build_index(vectors: np.ndarray, factory: str = "Flat", train_sample: int = 
         work.train(sample)
     work.add(vectors)
     index = faiss.index_gpu_to_cpu(work) if on_gpu else work
-    set_search_params(index, nprobe=nprobe, efSearch=ef_search)
+    set_search_params(index, nprobe=nprobe, efSearch=ef_search, k_factor_rf=refine_k_factor)
     info = {"factory": factory, "metric": "inner_product", "ntotal": int(index.ntotal), "dim": d,
             "built_on_gpu": on_gpu, "build_seconds": time.perf_counter() - t0, "nprobe": nprobe,
-            "ef_search": ef_search}
+            "ef_search": ef_search, "refine_k_factor": refine_k_factor}
     return index, info
 
 

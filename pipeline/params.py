@@ -187,6 +187,7 @@ class IndexParams(Section):
     train_sample: int = Field(100_000, ge=1)  # vectors used to train IVF/PQ indexes
     nprobe: int = Field(16, ge=1)  # IVF: lists searched per query (recall vs speed: bench/index_scale.py)
     ef_search: int = Field(64, ge=1)  # HNSW: candidate list size at search time
+    refine_k_factor: int = Field(1, ge=1)  # ",RFlat" indexes: k x this candidates re-ranked by exact scores
     models: list[str] = ["sasrec"]
 
 

@@ -18,7 +18,7 @@ def run(p: IndexParams, root: Path = Path(".")) -> dict:
         ckpt = open_trained(root, model, stats)
         src = ckpt.path / "item_vectors.safetensors"
         index, info = build_index(ckpt.item_vectors(), p.factory, p.train_sample, p.nprobe, p.use_gpu,
-                                  ef_search=p.ef_search)
+                                  ef_search=p.ef_search, refine_k_factor=p.refine_k_factor)
         out = root / paths.INDEX_DIR
         save_index(index, out / f"{model}.faiss")
         info.update({"model": model, "item_vectors": str(src.relative_to(root)), "item_vectors_sha256": sha256_file(src),

@@ -92,3 +92,19 @@ def test_exact_ranking_scores_in_bounded_blocks(monkeypatch):
     assert ranking.user_chunk(500, None) == 3
     torch.testing.assert_close(ranking.target_ranks(u, it, hist, targets), whole)
     torch.testing.assert_close(ranking.topk_items(u, it, hist, 10), top_whole)
+
+
+def test_refine_k_factor_is_saved_with_the_index_and_buys_recall(tmp_path):
+    """A `,RFlat` index (4-bit fast-scan PQ codes re-ranked exactly) keeps `refine_k_factor` on disk: with 1 the
+    coarse PQ scores pick the top 10, with 16 exact scores re-rank 160 candidates."""
+    from molar_core.index import recall_vs_exact
+
+    items, users, _ = _data(seed=5, n_items=3000, d=32)
+    recalls = {}
+    for kf in (1, 16):
+        index, info = build_index(items, "IVF16,PQ16x4fs,RFlat", nprobe=16, refine_k_factor=kf, use_gpu="never")
+        save_index(index, tmp_path / f"r{kf}.faiss")
+        again = load_index(tmp_path / f"r{kf}.faiss", use_gpu="never")
+        assert again.k_factor == kf == info["refine_k_factor"]
+        recalls[kf] = recall_vs_exact(again, items, users, k=10)
+    assert recalls[16] > 0.98 and recalls[1] < recalls[16] - 0.1, recalls
