@@ -51,6 +51,8 @@ VARIANTS = {  # name -> overrides of the `train` section
     "items_alpha_high": {"align_alpha": 2.0, "align_items": True},
     "hybrid": {"align_alpha": 0.0, "hybrid": True},
     "hybrid_molar": {"align_alpha": 0.5, "align_items": True, "hybrid": True},
+    "content_post": {"align_alpha": 0.0, "norm": "post"},
+    "hybrid_post": {"align_alpha": 0.0, "hybrid": True, "norm": "post"},
 }
 
 

@@ -58,7 +58,7 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
         dim = int(AutoConfig.from_pretrained(llm_dir, trust_remote_code=False).hidden_size)
     ccfg = ContentConfig(num_items=stats["items"], input_dim=feats.shape[1], max_len=p.max_len, dim=dim,
                          layers=p.layers, heads=p.heads, dropout=p.dropout, adapter_hidden=p.adapter_hidden,
-                         hybrid=p.hybrid, user_encoder=p.user_encoder, llm_model=llm_dir, llm_layers=p.llm_layers)
+                         hybrid=p.hybrid, norm=p.norm, user_encoder=p.user_encoder, llm_model=llm_dir, llm_layers=p.llm_layers)
     lcfg = MolarLossConfig(rec_loss=p.rec_loss, num_negatives=p.num_negatives, temperature=p.temperature,
                            align_alpha=p.align_alpha, align_tau=p.align_tau, align_positions=p.align_positions,
                            align_head=p.align_head, align_items=p.align_items, joint=p.joint)

@@ -3,6 +3,7 @@ against direct computations."""
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -177,3 +178,18 @@ def test_sampled_negatives_adapt_only_the_touched_items_and_give_the_full_table_
     ref.backward()
     for k, g in grads.items():
         torch.testing.assert_close(g, dict(model.named_parameters())[k].grad, atol=1e-5, rtol=1e-4)
+
+
+def test_content_model_takes_sasrec_s_post_ln_layout():
+    """`train.norm: post`: the user transformer of the content model as SASRec's default (post-LN, BERT init)."""
+    torch.manual_seed(0)
+    cfg = ContentConfig(num_items=50, input_dim=12, max_len=8, dim=64, heads=2, adapter_hidden=32, norm="post")
+    model = ContentUserModel(cfg, torch.randn(50, 12))
+    assert model.encoder.post and cfg.to_dict()["norm"] == "post"
+    assert abs(model.encoder.pos.weight.std().item() - 0.02) < 0.003
+    assert abs(model.encoder.blocks[0].qkv.weight.std().item() - 0.02) < 0.003
+    pre = ContentUserModel(ContentConfig(num_items=50, input_dim=12, max_len=8, dim=64, heads=2), torch.randn(50, 12))
+    assert not pre.encoder.post and pre.encoder.pos.weight.std().item() > 0.5  # nn.Embedding's N(0, 1)
+    assert model.user_vectors(torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4]])).shape == (2, 64)
+    with pytest.raises(ValueError, match="norm must be 'pre' or 'post'"):
+        ContentUserModel(ContentConfig(num_items=50, input_dim=12, norm="mid"), torch.randn(50, 12))

@@ -27,6 +27,7 @@ class ContentConfig:
     dropout: float = 0.2
     adapter_hidden: int = 256
     hybrid: bool = False
+    norm: str = "pre"  # the small user transformer: pre-LN, or post-LN with BERT's N(0, 0.02) init (as SASRec's)
     user_encoder: str = "small"  # small: CausalTransformer; llm: layers of a pretrained decoder LLM (llm_model)
     llm_model: str | None = None  # local directory of a causal LM (user_encoder: llm); dim = its hidden size
     llm_layers: int | None = None  # keep only the LLM's first N layers (None: all)
@@ -51,7 +52,13 @@ class ContentUserModel(nn.Module):
             with torch.no_grad():
                 self.id_emb.weight[0].zero_()
         if cfg.user_encoder == "small":
-            self.encoder = CausalTransformer(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
+            self.encoder = CausalTransformer(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, cfg.norm)
+            if cfg.norm == "post":
+                for m in self.encoder.modules():
+                    if isinstance(m, (nn.Linear, nn.Embedding)):
+                        nn.init.normal_(m.weight, std=0.02)
+                    if isinstance(m, nn.Linear) and m.bias is not None:
+                        nn.init.zeros_(m.bias)
         elif cfg.user_encoder == "llm":
             from molar_core.models.llm_user_encoder import LLMUserEncoder
 
