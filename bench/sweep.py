@@ -53,6 +53,7 @@ VARIANTS = {  # name -> overrides of the `train` section
     "hybrid_molar": {"align_alpha": 0.5, "align_items": True, "hybrid": True},
     "content_post": {"align_alpha": 0.0, "norm": "post"},
     "hybrid_post": {"align_alpha": 0.0, "hybrid": True, "norm": "post"},
+    "molar_post": {"align_alpha": 0.5, "norm": "post"},
 }
 
 
