@@ -152,7 +152,7 @@ class TrainParams(UserModelParams):
 
     adapter_hidden: int = Field(256, ge=1)
     hybrid: bool = False  # add a learnable item-id embedding to the adapted content vector
-    norm: Literal["pre", "post"] = "pre"  # the small user transformer's layout (post: as SASRec's `norm: post`)
+    norm: Literal["pre", "post"] = "post"  # the small user transformer's layout: as SASRec's (post), or pre-LN
     user_encoder: Literal["small", "llm"] = "small"  # llm: the layers of a pretrained decoder LLM (GPU users)
     llm_model: str | None = None  # user_encoder llm: HF id or local dir of a causal LM; dim = its hidden size
     llm_layers: int | None = Field(None, ge=1)  # keep only the LLM's first N layers
