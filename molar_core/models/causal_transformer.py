@@ -53,6 +53,16 @@ class Block(nn.Module):
         return x + self.drop(self.ff(self.ln2(x)))
 
 
+def bert_init_(module: nn.Module) -> None:
+    """BERT's initialisation, which RecBole's SASRec uses with the post-LN layout: every Linear and Embedding
+    weight N(0, 0.02), Linear biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 class CausalTransformer(nn.Module):
     """Input: vectors (B, L, D) and a padding mask (B, L, True = real item). Output: (B, L, D)."""
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from molar_core.models.causal_transformer import CausalTransformer, Dropout
+from molar_core.models.causal_transformer import CausalTransformer, Dropout, bert_init_
 
 
 @dataclass
@@ -54,11 +54,7 @@ class ContentUserModel(nn.Module):
         if cfg.user_encoder == "small":
             self.encoder = CausalTransformer(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, cfg.norm)
             if cfg.norm == "post":
-                for m in self.encoder.modules():
-                    if isinstance(m, (nn.Linear, nn.Embedding)):
-                        nn.init.normal_(m.weight, std=0.02)
-                    if isinstance(m, nn.Linear) and m.bias is not None:
-                        nn.init.zeros_(m.bias)
+                bert_init_(self.encoder)
         elif cfg.user_encoder == "llm":
             from molar_core.models.llm_user_encoder import LLMUserEncoder
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from molar_core.models.causal_transformer import CausalTransformer, Dropout
+from molar_core.models.causal_transformer import CausalTransformer, Dropout, bert_init_
 
 
 @dataclass
@@ -37,12 +37,8 @@ class SASRec(nn.Module):
         self.emb_drop = Dropout(cfg.dropout)
         self.scale = cfg.dim ** 0.5 if cfg.norm == "pre" else 1.0
         nn.init.normal_(self.item_emb.weight, std=cfg.dim ** -0.5)
-        if cfg.norm == "post":  # BERT's initialisation, as RecBole's SASRec
-            for m in self.modules():
-                if isinstance(m, (nn.Linear, nn.Embedding)):
-                    nn.init.normal_(m.weight, std=0.02)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        if cfg.norm == "post":
+            bert_init_(self)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
