@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 from rich.console import Console
@@ -25,6 +26,7 @@ from pipeline import paths
 from pipeline.params import Params, load_params
 
 console = Console(stderr=True)
+T = TypeVar("T")
 
 
 def params_from_argv(argv: list[str] | None = None) -> Params:
@@ -33,19 +35,26 @@ def params_from_argv(argv: list[str] | None = None) -> Params:
     return load_params(argv[0] if argv else "params.yaml")
 
 
+REBUILD_PREPARED = "dvc repro prepare (or `molar prepare`)"
+
+
+def _open_parquet(path: Path, read: Callable[[Path], T]) -> T:
+    """`read(path)`, or an ArtifactError naming the file and the stage that makes it (missing or unreadable)."""
+    if not path.exists():
+        raise ArtifactError(str(path), "not found", REBUILD_PREPARED)
+    try:
+        return read(path)
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise ArtifactError(str(path), f"not a readable parquet file ({err})", REBUILD_PREPARED) from None
+
+
 def read_table(prepared: Path, name: str) -> pl.DataFrame:
     """items, train, valid or test from a prepared-data directory, or an error naming the stage that makes it."""
     path = prepared / f"{name}.parquet"
-    rebuild = "dvc repro prepare (or `molar prepare`)"
-    if not path.exists():
-        raise ArtifactError(str(path), "not found", rebuild)
-    try:
-        df = pl.read_parquet(path)
-    except (pl.exceptions.PolarsError, OSError) as err:
-        raise ArtifactError(str(path), f"not a readable parquet file ({err})", rebuild) from None
+    df = _open_parquet(path, pl.read_parquet)
     stats = prepared / "stats.json"
     num_items = read_json(stats).get("items") if name != "items" and stats.exists() else None
-    check_prepared(name, df, num_items, str(path), rebuild)
+    check_prepared(name, df, num_items, str(path), REBUILD_PREPARED)
     return df
 
 
@@ -53,16 +62,14 @@ def scan_items(root: Path) -> pl.LazyFrame:
     """items.parquet as a LazyFrame, checked as read_prepared checks it (columns, types, ids 1..N) while reading
     only its id column: the embed stage then reads the texts a slice at a time."""
     path = root / paths.ITEMS
-    rebuild = "dvc repro prepare (or `molar prepare`)"
-    if not path.exists():
-        raise ArtifactError(str(path), "not found", rebuild)
-    try:
-        lazy = pl.scan_parquet(path)
+
+    def scan(p: Path) -> tuple[pl.LazyFrame, pl.Schema, pl.DataFrame]:
+        lazy = pl.scan_parquet(p)
         schema = lazy.collect_schema()
-        ids = lazy.select("item_id").collect() if "item_id" in schema else pl.DataFrame()
-    except (pl.exceptions.PolarsError, OSError) as err:
-        raise ArtifactError(str(path), f"not a readable parquet file ({err})", rebuild) from None
-    check_prepared("items", ids, None, str(path), rebuild, schema=schema)
+        return lazy, schema, lazy.select("item_id").collect() if "item_id" in schema else pl.DataFrame()
+
+    lazy, schema, ids = _open_parquet(path, scan)
+    check_prepared("items", ids, None, str(path), REBUILD_PREPARED, schema=schema)
     return lazy
 
 
@@ -112,7 +119,7 @@ def training_resume(root: Path, name: str, *settings: dict) -> TrainingResume:
 def read_stats(root: Path) -> dict:
     path = root / paths.STATS
     if not path.exists():
-        raise ArtifactError(str(path), "not found", "dvc repro prepare (or `molar prepare`)")
+        raise ArtifactError(str(path), "not found", REBUILD_PREPARED)
     return read_json(path)
 
 
