@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -72,20 +73,20 @@ def update_embeddings(store: str | Path, items: pl.DataFrame | pl.LazyFrame, enc
                 .unique("content_hash", keep="first", maintain_order=True)["row"].to_numpy())
         kept_before = len(cache.manifest.shards)
         start = time.perf_counter()
-        pending: list[pl.DataFrame] = []
+        pending = pl.DataFrame(schema={"text": pl.String, "image_path": pl.String, "content_hash": pl.String})
         for lo in range(0, len(keys), slice_rows):
-            want = rows[(rows >= lo) & (rows < lo + slice_rows)] - lo
+            want = rows[np.searchsorted(rows, lo):np.searchsorted(rows, lo + slice_rows)] - lo  # rows ascend
             if len(want):
-                part = lazy.slice(lo, slice_rows).select("text", "image_path", "content_hash").collect()
-                pending.append(part[want])
-            while pending and (sum(map(len, pending)) >= window or lo + slice_rows >= len(keys)):
-                batch = pl.concat(pending)
-                pending = [batch[window:]] if len(batch) > window else []
-                _encode_into(cache, encoder, batch[:window])
+                part = lazy.slice(lo, slice_rows).select(pending.columns).collect()
+                pending = pl.concat([pending, part[want]], how="vertical_relaxed")
+            last = lo + slice_rows >= len(keys)
+            while len(pending) >= window or (last and len(pending)):
+                _encode_into(cache, encoder, pending[:window])
+                pending = pending[window:]
         cache.flush()
         seconds = time.perf_counter() - start
-        order = keys["item_id"].arg_sort()
-        pruned = cache.finish(keys["item_id"].gather(order).to_list(), [hashes[i] for i in order])
+        catalogue = keys.sort("item_id")
+        pruned = cache.finish(catalogue["item_id"].to_list(), catalogue["content_hash"].to_list())
         embedded_unique = set(todo)
         return UpdateReport(
             items=len(hashes), unique=len(set(hashes)),
