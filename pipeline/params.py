@@ -110,6 +110,7 @@ class UserModelParams(Section):
     seed: int = 0
     max_len: int = Field(50, ge=1)  # history positions the model reads (longer histories: the most recent)
     window_overlap: int = Field(0, ge=0)  # items shared by consecutive training windows of a long history
+    windows: Literal["all", "newest"] = "all"  # newest: train on each user's last max_len + 1 items only
     dim: int = Field(64, ge=1)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)

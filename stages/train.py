@@ -66,7 +66,8 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
     if p.align_alpha > 0 or p.joint:  # aligned to a SASRec trained on this very data
         id_model = load_sasrec(open_trained(root, "sasrec", stats).path)
     model = Molar(ContentUserModel(ccfg, feats), lcfg, id_model).to(device)
-    seqs = training_windows(train["items"].to_list(), p.max_len, p.window_overlap)
+    seqs = training_windows(train["items"].to_list(), p.max_len, p.window_overlap,
+                            newest_only=p.windows == "newest")
     vh, vt = valid["history"].to_list(), valid["target"].to_list()
     mask = protocol.masking == "history"
 

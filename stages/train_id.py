@@ -40,7 +40,8 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     cfg = SASRecConfig(num_items=stats["items"], max_len=p.max_len, dim=p.dim, layers=p.layers, heads=p.heads,
                        dropout=p.dropout, norm=p.norm)
     model = SASRec(cfg).to(device)
-    seqs = training_windows(train["items"].to_list(), p.max_len, p.window_overlap)
+    seqs = training_windows(train["items"].to_list(), p.max_len, p.window_overlap,
+                            newest_only=p.windows == "newest")
     vh, vt = valid["history"].to_list(), valid["target"].to_list()
     mask = protocol.masking == "history"
 

@@ -29,6 +29,13 @@ def test_training_windows_cover_every_pair_once():
     assert all(len(w) <= 6 for w in wins)
 
 
+def test_newest_windows_keep_each_user_s_last_items_only():
+    long, short = list(range(1, 24)), [7, 8, 9]
+    wins = training_windows([long, short], 5, newest_only=True)
+    assert [list(w) for w in wins] == [long[-6:], short]  # one window a user, its newest max_len + 1 items
+    assert len(training_windows([long, short], 5)) == 6  # every window by default (5 for long, 1 for short)
+
+
 @pytest.mark.parametrize(("length", "overlap"), [(23, 3), (60, 4), (7, 2), (6, 4)])
 def test_overlapping_windows_train_every_pair_once_with_context(length, overlap):
     seq = list(range(1, length + 1))

@@ -34,9 +34,13 @@ def next_item_pairs(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, 
     return pad_left(inputs, max_len), pad_left(targets, max_len)
 
 
-def training_windows(seqs: list[list[int]], max_len: int, overlap: int = 0) -> list[list[int]]:
+def training_windows(seqs: list[list[int]], max_len: int, overlap: int = 0,
+                     newest_only: bool = False) -> list[list[int]]:
     """Cut each training sequence into windows of at most max_len + 1 items, newest first, so that every
     next-item pair is trained once even when a history is longer than the model's context.
+
+    `newest_only` keeps only each user's newest window (the original SASRec's training data: one sequence a
+    user, its last max_len + 1 items), so a long history's old items weigh no more than a short one's.
 
     With `overlap` > 0 consecutive windows share `overlap` items, and a window's first `overlap` targets are
     left to the older window (`Window.context_only`): every target after the first window is then predicted
@@ -49,5 +53,5 @@ def training_windows(seqs: list[list[int]], max_len: int, overlap: int = 0) -> l
         while end >= 2:
             start = max(0, end - max_len - 1)
             out.append(Window(s[start:end], overlap if start > 0 else 0))
-            end = start + 1 + overlap if start > 0 else 0
+            end = start + 1 + overlap if start > 0 and not newest_only else 0
     return out
