@@ -54,6 +54,7 @@ VARIANTS = {  # name -> overrides of the `train` section
     "content_post": {"align_alpha": 0.0, "norm": "post"},
     "hybrid_post": {"align_alpha": 0.0, "hybrid": True, "norm": "post"},
     "molar_post": {"align_alpha": 0.5, "norm": "post"},
+    "molar_items_post": {"align_alpha": 0.5, "align_items": True, "norm": "post"},
 }
 
 
