@@ -34,6 +34,9 @@ def test_newest_windows_keep_each_user_s_last_items_only():
     wins = training_windows([long, short], 5, newest_only=True)
     assert [list(w) for w in wins] == [long[-6:], short]  # one window a user, its newest max_len + 1 items
     assert len(training_windows([long, short], 5)) == 6  # every window by default (5 for long, 1 for short)
+    (win,) = training_windows([long], 5, overlap=3, newest_only=True)
+    _, targets = next_item_pairs([win], 5)
+    assert targets.tolist() == [long[-5:]]  # no older window to train the shared targets: all of them here
 
 
 @pytest.mark.parametrize(("length", "overlap"), [(23, 3), (60, 4), (7, 2), (6, 4)])

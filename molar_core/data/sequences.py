@@ -52,6 +52,7 @@ def training_windows(seqs: list[list[int]], max_len: int, overlap: int = 0,
         end = len(s)
         while end >= 2:
             start = max(0, end - max_len - 1)
-            out.append(Window(s[start:end], overlap if start > 0 else 0))
-            end = start + 1 + overlap if start > 0 and not newest_only else 0
+            older = start > 0 and not newest_only  # an older window follows and trains the shared targets
+            out.append(Window(s[start:end], overlap if older else 0))
+            end = start + 1 + overlap if older else 0
     return out
