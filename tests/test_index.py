@@ -92,6 +92,12 @@ def test_exact_ranking_scores_in_bounded_blocks(monkeypatch):
     assert ranking.user_chunk(500, None) == 3
     torch.testing.assert_close(ranking.target_ranks(u, it, hist, targets), whole)
     torch.testing.assert_close(ranking.topk_items(u, it, hist, 10), top_whole)
+    monkeypatch.setattr(ranking, "FLOAT_COUNT_LIMIT", 0)  # the integer count of catalogues past 2**24 items
+    torch.testing.assert_close(ranking.target_ranks(u, it, hist, targets), whole)
+    rows = u @ it.T
+    slow = torch.stack([(torch.where(torch.isin(torch.arange(1, 501), torch.tensor(h)), float("-inf"), rows[i])
+                         > rows[i, targets[i] - 1]).sum() for i, h in enumerate(hist)])
+    torch.testing.assert_close(whole, slow)  # ranks = items above the target once the history is masked
 
 
 def test_refine_k_factor_is_saved_with_the_index_and_buys_recall(tmp_path):
