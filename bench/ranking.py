@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from molar_core.ranking import target_ranks, user_chunk  # noqa: E402
+from molar_core.ranking import history_index, target_ranks, user_chunk  # noqa: E402
 
 
 def plain_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list[list[int]],
@@ -28,7 +28,7 @@ def plain_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list
     for s in range(0, len(users), chunk):
         hist = histories[s:s + chunk]
         mask = torch.zeros(len(hist), items.shape[0], dtype=torch.bool)
-        mask[torch.tensor([i for i, h in enumerate(hist) for _ in h]), torch.tensor([x - 1 for h in hist for x in h])] = True
+        mask[history_index(hist)] = True
         sc = (users[s:s + chunk] @ items.T).masked_fill(mask, float("-inf"))
         t = sc.gather(1, (targets[s:s + chunk] - 1).unsqueeze(1))
         out.append((sc > t).sum(1))

@@ -19,11 +19,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from molar_core.checkpoint import Checkpoint, open_checkpoint
 from molar_core.data.processing import check_prepared
+from molar_core.data.sequences import training_windows
 from molar_core.errors import ArtifactError, MolarError
 from molar_core.io import read_json, sha256_file, write_bytes_atomic
 from molar_core.resume import TrainingResume
 from pipeline import paths
-from pipeline.params import Params, load_params
+from pipeline.params import Params, UserModelParams, load_params
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -81,6 +82,11 @@ def read_prepared(root: Path, name: str) -> pl.DataFrame:
 def full_sequences(test: pl.DataFrame) -> list[list[int]]:
     """Each user's whole known sequence (test history + test item): what `next` user vectors are computed from."""
     return [h + [t] for h, t in zip(test["history"].to_list(), test["target"].to_list())]
+
+
+def training_sequences(train: pl.DataFrame, p: UserModelParams) -> list[list[int]]:
+    """A user model's training windows, cut as its params say (one place for both training stages)."""
+    return training_windows(train["items"].to_list(), p.max_len, p.window_overlap, newest_only=p.windows == "newest")
 
 
 def data_fingerprint(root: Path, stats: dict) -> dict:

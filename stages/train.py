@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from molar_core.checkpoint import CHECKPOINT_FORMAT
-from molar_core.data.sequences import training_windows
 from molar_core.errors import ArtifactError
 from molar_core.io import atomic_dir, runtime_info, sha256_file, write_json_atomic
 from molar_core.models.content import ContentConfig, ContentUserModel
@@ -33,6 +32,7 @@ from stages.common import (
     run_main,
     summary,
     training_resume,
+    training_sequences,
     write_curve,
 )
 
@@ -66,8 +66,7 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
     if p.align_alpha > 0 or p.joint:  # aligned to a SASRec trained on this very data
         id_model = load_sasrec(open_trained(root, "sasrec", stats).path)
     model = Molar(ContentUserModel(ccfg, feats), lcfg, id_model).to(device)
-    seqs = training_windows(train["items"].to_list(), p.max_len, p.window_overlap,
-                            newest_only=p.windows == "newest")
+    seqs = training_sequences(train, p)
     vh, vt = valid["history"].to_list(), valid["target"].to_list()
     mask = protocol.masking == "history"
 

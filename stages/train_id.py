@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 from molar_core.checkpoint import CHECKPOINT_FORMAT
-from molar_core.data.sequences import training_windows
 from molar_core.io import atomic_dir, runtime_info, write_json_atomic
 from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
 from molar_core.training import FitConfig, encode_users, fit, pick_device, ranking_metrics, seed_everything
@@ -24,6 +23,7 @@ from stages.common import (
     run_main,
     summary,
     training_resume,
+    training_sequences,
     write_curve,
 )
 
@@ -40,8 +40,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     cfg = SASRecConfig(num_items=stats["items"], max_len=p.max_len, dim=p.dim, layers=p.layers, heads=p.heads,
                        dropout=p.dropout, norm=p.norm)
     model = SASRec(cfg).to(device)
-    seqs = training_windows(train["items"].to_list(), p.max_len, p.window_overlap,
-                            newest_only=p.windows == "newest")
+    seqs = training_sequences(train, p)
     vh, vt = valid["history"].to_list(), valid["target"].to_list()
     mask = protocol.masking == "history"
 
