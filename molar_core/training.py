@@ -60,12 +60,14 @@ class FitResult:
     seconds: float = 0.0
 
 
-def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, validate: Callable[[], dict],
+def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, validate: Callable[[], dict] | None,
         cfg: FitConfig, generator: torch.Generator, progress: Callable[[dict], None] | None = None,
         resume: TrainingResume | None = None) -> FitResult:
     """Train with AdamW, validate each epoch, stop after `patience` epochs without improvement of
-    `cfg.monitor`, and leave the model in its best state. With `resume`, the state after every epoch is saved
-    and a killed run continues from its last finished epoch, giving the same result as an uninterrupted one."""
+    `cfg.monitor`, and leave the model in its best state. Without `validate` (a refit on data that includes the
+    validation targets), train exactly `cfg.max_epochs` epochs and keep the last state. With `resume`, the
+    state after every epoch is saved and a killed run continues from its last finished epoch, giving the same
+    result as an uninterrupted one."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
@@ -109,16 +111,19 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
                 sums[k] = sums.get(k, 0.0) + v
         row = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}}
         model.eval()
-        with torch.no_grad():
-            metrics = validate()
+        metrics: dict[str, float] = {}
+        if validate is not None:
+            with torch.no_grad():
+                metrics = validate()
         row.update({f"valid_{k}": v for k, v in metrics.items()})
         row["seconds"] = time.perf_counter() - t0
         st.curve.append(row)
         if progress:
             progress(row)
         st.epoch = epoch
-        score = metrics[cfg.monitor]
-        if score > st.best:
+        if validate is None:
+            st.best_epoch = epoch
+        elif (score := metrics[cfg.monitor]) > st.best:
             st.best, st.best_epoch, st.stale = score, epoch, 0
             st.best_state = copy.deepcopy(model.state_dict())
         else:

@@ -124,6 +124,9 @@ class UserModelParams(Section):
     threads: int = Field(0, ge=0)  # torch threads; 0 = torch's default
     device: str = "auto"  # auto | cpu | cuda
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast training (faster where the CPU/GPU has bf16)
+    # after early stopping, train a fresh model (same seed) for the best epoch count on the training items plus
+    # each user's validation item, and save that one: the test item's predecessor is then a trained target
+    refit: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> "UserModelParams":

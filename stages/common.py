@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import polars as pl
+import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
 
 from molar_core.checkpoint import Checkpoint, open_checkpoint
 from molar_core.data.processing import check_prepared
@@ -23,6 +25,7 @@ from molar_core.data.sequences import training_windows
 from molar_core.errors import ArtifactError, MolarError
 from molar_core.io import read_json, sha256_file, write_bytes_atomic
 from molar_core.resume import TrainingResume
+from molar_core.training import FitConfig, fit
 from pipeline import paths
 from pipeline.params import Params, UserModelParams, load_params
 
@@ -84,9 +87,43 @@ def full_sequences(test: pl.DataFrame) -> list[list[int]]:
     return [h + [t] for h, t in zip(test["history"].to_list(), test["target"].to_list())]
 
 
-def training_sequences(train: pl.DataFrame, p: UserModelParams) -> list[list[int]]:
+def training_sequences(sequences: list[list[int]], p: UserModelParams) -> list[list[int]]:
     """A user model's training windows, cut as its params say (one place for both training stages)."""
-    return training_windows(train["items"].to_list(), p.max_len, p.window_overlap, newest_only=p.windows == "newest")
+    return training_windows(sequences, p.max_len, p.window_overlap, newest_only=p.windows == "newest")
+
+
+def fit_config(p: UserModelParams, monitor: str, name: str, max_epochs: int | None = None) -> FitConfig:
+    """The training loop's settings from a user model's params section."""
+    return FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
+                     max_epochs=max_epochs or p.max_epochs, patience=p.patience, min_epochs=p.min_epochs,
+                     precision=p.precision, monitor=monitor, name=name)
+
+
+def refit(model: nn.Module, loss_fn: Callable, test: pl.DataFrame, p: UserModelParams, epochs: int,
+          resume: TrainingResume, generator: torch.Generator, name: str) -> dict:
+    """`refit: true`: train `model` (fresh, seeded as the early-stopped run was) for `epochs` epochs (that run's
+    best) on every user's training items plus the validation item, without validation, since its targets are
+    now training data; the model is left in its last state. Returns what config.json records of the refit."""
+    seqs = training_sequences(test["history"].to_list(), p)  # test history = training items + validation item
+    with epoch_progress(epochs) as advance:
+        result = fit(model, seqs, loss_fn, None, fit_config(p, "", f"{name} refit", max_epochs=epochs), generator,
+                     progress=lambda row: advance(f"refit loss {row['loss']:.4f}"), resume=resume)
+    return {"epochs": epochs, "training_windows": len(seqs), "train_seconds": round(result.seconds, 1),
+            "resumed_after_epoch": resume.resumed_from,
+            "data": "each user's training items + validation item (validation metrics in metrics.json are then "
+                    "measured on trained targets; `valid` here is the early-stopped run's)",
+            "loss": [round(row["loss"], 5) for row in result.curve]}
+
+
+def training_summary(result, refit_info: dict | None, monitor: str) -> tuple[dict, str]:
+    """metrics/train_*.json's content and the stage's one-line summary of a training run (and its refit)."""
+    metrics = {"best_epoch": result.best_epoch, "valid": result.best_metrics, "train_seconds": round(result.seconds, 1)}
+    line = (f"best epoch {result.best_epoch}/{len(result.curve)}, valid {monitor} {result.best_metrics[monitor]:.4f}, "
+            f"{result.seconds:.0f}s")
+    if refit_info:
+        metrics["refit_seconds"] = refit_info["train_seconds"]
+        line += f"; refit on training + validation items, {refit_info['epochs']} epochs, {refit_info['train_seconds']:.0f}s"
+    return metrics, line
 
 
 def data_fingerprint(root: Path, stats: dict) -> dict:

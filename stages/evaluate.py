@@ -89,6 +89,9 @@ def run(p: EvaluateParams, protocol: ProtocolParams, root: Path = Path(".")) -> 
         metrics[model] = {}
         ckpt = open_trained(root, model, stats)
         index = current_index(root, ckpt)
+        if ckpt.config.get("refit"):  # its validation items were training targets: say so beside its numbers
+            metrics[model]["refit"] = {"epochs": ckpt.config["refit"]["epochs"], "valid": "trained on (not held out)",
+                                       "early_stopped_valid": ckpt.config["valid"]}
         for split, table in tables.items():
             ranks, per = evaluate_model(ckpt, index, split, table, protocol, p.batch_size)
             m = mean_metrics(per)

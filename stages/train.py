@@ -18,21 +18,24 @@ from molar_core.models.content import ContentConfig, ContentUserModel
 from molar_core.models.molar import Molar, MolarLossConfig
 from molar_core.models.sasrec import load_sasrec
 from molar_core.store import load_item_embeddings
-from molar_core.training import FitConfig, encode_users, fit, pick_device, ranking_metrics, seed_everything
+from molar_core.training import encode_users, fit, pick_device, ranking_metrics, seed_everything
 from molar_core.vectors import USER_VECTORS_DOC, save_item_vectors, save_tensors, save_user_vectors
 from pipeline import paths
 from pipeline.params import ProtocolParams, TrainParams, load_params
 from stages.common import (
     data_fingerprint,
     epoch_progress,
+    fit_config,
     full_sequences,
     open_trained,
     read_prepared,
     read_stats,
+    refit,
     run_main,
     summary,
     training_resume,
     training_sequences,
+    training_summary,
     write_curve,
 )
 
@@ -66,7 +69,7 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
     if p.align_alpha > 0 or p.joint:  # aligned to a SASRec trained on this very data
         id_model = load_sasrec(open_trained(root, "sasrec", stats).path)
     model = Molar(ContentUserModel(ccfg, feats), lcfg, id_model).to(device)
-    seqs = training_sequences(train, p)
+    seqs = training_sequences(train["items"].to_list(), p)
     vh, vt = valid["history"].to_list(), valid["target"].to_list()
     mask = protocol.masking == "history"
 
@@ -84,11 +87,18 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
     with epoch_progress(p.max_epochs) as advance:
         result = fit(model, seqs, lambda b: model.loss(b, gen),
                      lambda: ranking_metrics(user_vectors(vh), item_vectors(), vh, vt, protocol.ks, mask),
-                     FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
-                               max_epochs=p.max_epochs, patience=p.patience, min_epochs=p.min_epochs,
-                               precision=p.precision, monitor=metric, name=f"train@{name}"),
+                     fit_config(p, metric, f"train@{name}"),
                      gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
                                                        f"{row['valid_' + metric]:.4f}"), resume=resume)
+    refit_info, refit_resume = None, None
+    if p.refit:  # user_vectors and item_vectors above read `model`: they then score the refit one
+        gen = seed_everything(p.seed)
+        model = Molar(ContentUserModel(ccfg, feats), lcfg, id_model).to(device)
+        refit_resume = training_resume(root, name + "-refit", p.model_dump(), protocol.model_dump(),
+                                       {"id_model": sha256_file(id_ckpt) if id_model is not None else None,
+                                        "epochs": result.best_epoch})
+        refit_info = refit(model, lambda b: model.loss(b, gen), test, p, result.best_epoch, refit_resume, gen,
+                           f"train@{name}")
     model.eval()
     user_ids = torch.tensor(train["user_id"].to_list())
     histories = {"train": train["items"].to_list(), "valid": vh, "test": test["history"].to_list(),
@@ -105,7 +115,7 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
               "scoring": "cosine (user and item vectors saved L2-normalised)" if p.rec_loss == "infonce" else "dot",
               "best_epoch": result.best_epoch, "epochs_run": len(result.curve), "valid": result.best_metrics,
               "train_seconds": result.seconds, "resumed_after_epoch": resume.resumed_from,
-              "runtime": runtime_info(p.seed),
+              "refit": refit_info, "runtime": runtime_info(p.seed),
               "files": {"model.safetensors": "state dict (without the frozen ID model)",
                         "item_vectors.safetensors": "items 1..N scoring vectors", "user_vectors.safetensors": USER_VECTORS_DOC}}
     with atomic_dir(root / paths.model_dir(name)) as out:
@@ -114,12 +124,12 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
         save_user_vectors(out / "user_vectors.safetensors", user_ids, splits, meta)
         write_json_atomic(out / "config.json", config)
     resume.clear()
+    if refit_resume is not None:
+        refit_resume.clear()
     write_curve(root / paths.PLOTS_DIR / "train" / f"{name}.csv", result.curve)
-    write_json_atomic(root / paths.METRICS_DIR / f"train_{name}.json",
-                      {"best_epoch": result.best_epoch, "valid": result.best_metrics,
-                       "train_seconds": round(result.seconds, 1)})
-    summary("train", f"{name}: best epoch {result.best_epoch}/{len(result.curve)}, valid {metric} "
-            f"{result.best_metrics[metric]:.4f}, {result.seconds:.0f}s on {device}")
+    metrics, line = training_summary(result, refit_info, metric)
+    write_json_atomic(root / paths.METRICS_DIR / f"train_{name}.json", metrics)
+    summary("train", f"{name}: {line} on {device}")
     return config
 
 

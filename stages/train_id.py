@@ -9,21 +9,24 @@ import torch
 from molar_core.checkpoint import CHECKPOINT_FORMAT
 from molar_core.io import atomic_dir, runtime_info, write_json_atomic
 from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
-from molar_core.training import FitConfig, encode_users, fit, pick_device, ranking_metrics, seed_everything
+from molar_core.training import encode_users, fit, pick_device, ranking_metrics, seed_everything
 from molar_core.vectors import USER_VECTORS_DOC, save_item_vectors, save_tensors, save_user_vectors
 from pipeline import paths
 from pipeline.params import Params, ProtocolParams, TrainIdParams
 from stages.common import (
     data_fingerprint,
     epoch_progress,
+    fit_config,
     full_sequences,
     params_from_argv,
     read_prepared,
     read_stats,
+    refit,
     run_main,
     summary,
     training_resume,
     training_sequences,
+    training_summary,
     write_curve,
 )
 
@@ -40,7 +43,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     cfg = SASRecConfig(num_items=stats["items"], max_len=p.max_len, dim=p.dim, layers=p.layers, heads=p.heads,
                        dropout=p.dropout, norm=p.norm)
     model = SASRec(cfg).to(device)
-    seqs = training_sequences(train, p)
+    seqs = training_sequences(train["items"].to_list(), p)
     vh, vt = valid["history"].to_list(), valid["target"].to_list()
     mask = protocol.masking == "history"
 
@@ -52,11 +55,17 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     resume = training_resume(root, MODEL, p.model_dump(), protocol.model_dump())
     with epoch_progress(p.max_epochs) as advance:
         result = fit(model, seqs, lambda b: sasrec_loss(model, b, p.loss, p.num_negatives, gen), validate,
-                     FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
-                               max_epochs=p.max_epochs, patience=p.patience, min_epochs=p.min_epochs,
-                               precision=p.precision, monitor=metric, name="train_id"),
+                     fit_config(p, metric, "train_id"),
                      gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
                                                        f"{row['valid_' + metric]:.4f}"), resume=resume)
+    refit_info, refit_resume = None, None
+    if p.refit:
+        gen = seed_everything(p.seed)
+        model = SASRec(cfg).to(device)
+        refit_resume = training_resume(root, MODEL + "-refit", p.model_dump(), protocol.model_dump(),
+                                       {"epochs": result.best_epoch})
+        refit_info = refit(model, lambda b: sasrec_loss(model, b, p.loss, p.num_negatives, gen), test, p,
+                           result.best_epoch, refit_resume, gen, "train_id")
     model.eval()
     user_ids = torch.tensor(train["user_id"].to_list())
     splits = {"train": encode_users(model.user_vectors, train["items"].to_list(), p.max_len, device),
@@ -68,7 +77,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
               "config": cfg.to_dict(), "params": p.model_dump(), "protocol": protocol.model_dump(),
               "best_epoch": result.best_epoch, "epochs_run": len(result.curve), "valid": result.best_metrics,
               "train_seconds": result.seconds, "training_windows": len(seqs), "resumed_after_epoch": resume.resumed_from,
-              "runtime": runtime_info(p.seed),
+              "refit": refit_info, "runtime": runtime_info(p.seed),
               "files": {"model.safetensors": "state dict", "item_vectors.safetensors": "items 1..N scoring vectors",
                         "user_vectors.safetensors": USER_VECTORS_DOC}}
     with atomic_dir(root / paths.model_dir(MODEL)) as out:
@@ -77,13 +86,12 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
         save_user_vectors(out / "user_vectors.safetensors", user_ids, splits, meta)
         write_json_atomic(out / "config.json", config)
     resume.clear()
+    if refit_resume is not None:
+        refit_resume.clear()
     write_curve(root / paths.PLOTS_DIR / "train_id" / "curve.csv", result.curve)
-    write_json_atomic(root / paths.METRICS_DIR / "train_id.json",
-                      {"best_epoch": result.best_epoch, "valid": result.best_metrics,
-                       "train_seconds": round(result.seconds, 1)})
-    summary("train_id", f"SASRec best epoch {result.best_epoch}/{len(result.curve)}, valid "
-            f"{protocol.early_stop_metric} {result.best_metrics[protocol.early_stop_metric]:.4f}, "
-            f"{result.seconds:.0f}s on {device}")
+    metrics, line = training_summary(result, refit_info, metric)
+    write_json_atomic(root / paths.METRICS_DIR / "train_id.json", metrics)
+    summary("train_id", f"SASRec {line} on {device}")
     return config
 
 

@@ -16,7 +16,7 @@ from molar_core.encoders import EncoderConfig, build_encoder
 from molar_core.encoders.base import EncoderError
 from molar_core.encoders.tiny import build_tiny_qwen2vl
 from molar_core.finetune.encoder_training import FinetuneConfig, MixtureSpec, finetune_encoder, save_encoder
-from molar_core.finetune.mixtures import MixtureCounts, Pair, View, build_mixtures, split_title
+from molar_core.finetune.mixtures import Pair, View, build_mixtures, split_title
 from molar_core.finetune.objectives import ItemViews, contrastive_loss, generative_loss, masked_info_nce
 from molar_core.training import FitConfig
 from pipeline import paths
