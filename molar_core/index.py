@@ -68,31 +68,34 @@ def load_index(path: str | Path, use_gpu: str = "auto") -> faiss.Index:
     return index
 
 
+def blas_batch(index: faiss.Index) -> int:
+    """The fewest queries a FAISS call needs for its exact search to run as a matrix product: it does only for
+    queries x dim >= `distance_compute_blas_threshold` (128,000 in FAISS 1.15, so 2,000 queries at dim 64); a
+    smaller call takes a per-query loop about 6x slower on one core (bench/masked_search.py)."""
+    return -(-int(faiss.cvar.distance_compute_blas_threshold) // index.d)
+
+
 def search_masked(index: faiss.Index, users: np.ndarray, histories: list[list[int]] | None, k: int,
                   batch_size: int = 1024) -> np.ndarray:
     """Top-k item ids (1-based; 0 where fewer than k items remain) per user, history items excluded
-    when `histories` is given."""
+    when `histories` is given. Users go to FAISS `batch_size` at a time, or blas_batch(index) if that is more."""
     users = np.ascontiguousarray(users, dtype=np.float32)
     n_items = index.ntotal
-    if histories is not None:  # the per-batch seen-item mask is batch x items booleans: keep it under 64 MiB
-        batch_size = max(1, min(batch_size, (64 << 20) // (n_items + 1)))
+    batch_size = max(batch_size, blas_batch(index))
     out = np.zeros((len(users), k), dtype=np.int64)
     for s in range(0, len(users), batch_size):
         u = users[s:s + batch_size]
-        hist = histories[s:s + batch_size] if histories is not None else [[] for _ in range(len(u))]
-        extra = max((len(h) for h in hist), default=0)
-        kk = min(n_items, k + extra)
+        hist = histories[s:s + batch_size] if histories is not None else None
+        kk = min(n_items, k + max((len(h) for h in hist), default=0) if hist is not None else k)
         _, rows = index.search(u, kk)
         ids = np.where(rows >= 0, rows + 1, 0)
-        if histories is not None:
-            seen = np.zeros((len(u), n_items + 1), dtype=bool)
-            r = np.repeat(np.arange(len(u)), [len(h) for h in hist])
+        keep = ids > 0  # 0: padding / missing results
+        if hist is not None:  # (row, item) pairs as one integer key, looked up in the batch's seen pairs: no
+            # batch x items mask, whose size would shrink the batch (and FAISS's GEMM) for a large catalogue
+            r = np.repeat(np.arange(len(u), dtype=np.int64), [len(h) for h in hist])
             c = np.fromiter((x for h in hist for x in h), dtype=np.int64, count=len(r))
-            seen[r, c] = True
-            seen[:, 0] = True  # padding / missing results
-            keep = ~np.take_along_axis(seen, ids, axis=1)
-        else:
-            keep = ids > 0
+            rows_key = np.arange(len(u), dtype=np.int64)[:, None] * (n_items + 1)
+            keep &= ~np.isin(rows_key + ids, r * (n_items + 1) + c)
         # stable compaction of kept ids to the left, then the first k
         order = np.argsort(~keep, axis=1, kind="stable")
         compact = np.take_along_axis(np.where(keep, ids, 0), order, axis=1)[:, :k]

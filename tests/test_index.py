@@ -1,10 +1,11 @@
 """FAISS masked search must rank exactly like brute-force torch top-k on the same vectors."""
 
+import faiss
 import numpy as np
 import pytest
 import torch
 
-from molar_core.index import build_index, load_index, save_index, search_masked
+from molar_core.index import blas_batch, build_index, load_index, save_index, search_masked
 from molar_core.metrics import per_user_metrics, ranks_from_lists
 from molar_core.ranking import target_ranks, topk_items
 
@@ -20,7 +21,8 @@ def _data(seed=0, n_items=300, n_users=64, d=16):
 
 
 @pytest.mark.parametrize("masked", [True, False])
-def test_faiss_flat_equals_torch_topk(masked):
+def test_faiss_flat_equals_torch_topk(masked, monkeypatch):
+    monkeypatch.setattr(faiss.cvar, "distance_compute_blas_threshold", 1)  # batches of 17: rows cross batches
     items, users, hist = _data()
     index, info = build_index(items, "Flat")
     assert info["ntotal"] == 300
@@ -31,6 +33,25 @@ def test_faiss_flat_equals_torch_topk(masked):
     if masked:
         for row, h in zip(got, hist):
             assert not set(row.tolist()) & set(h)
+
+
+def test_faiss_gets_enough_queries_a_call_for_its_matrix_product_path(monkeypatch):
+    items, users, hist = _data(n_users=300, d=64)
+    index, _ = build_index(items, "Flat")
+    calls = []
+
+    class Spy:  # what search_masked reads of an index, recording each search's query count
+        d, ntotal = index.d, index.ntotal
+
+        def search(self, q, k):
+            calls.append(len(q))
+            return index.search(q, k)
+
+    monkeypatch.setattr(faiss.cvar, "distance_compute_blas_threshold", 64 * 100)  # a matrix product from 100 queries
+    assert blas_batch(index) == 100
+    got = search_masked(Spy(), users, hist, 20, batch_size=16)
+    assert calls == [100, 100, 100]  # the requested 16 would put FAISS on its per-query loop
+    np.testing.assert_array_equal(got, search_masked(index, users, hist, 20))
 
 
 def test_ranks_from_faiss_lists_equal_exact_ranks():
