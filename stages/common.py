@@ -25,7 +25,7 @@ from molar_core.data.sequences import training_windows
 from molar_core.errors import ArtifactError, MolarError
 from molar_core.io import read_json, sha256_file, write_bytes_atomic
 from molar_core.resume import TrainingResume
-from molar_core.training import FitConfig, fit
+from molar_core.training import FitConfig, FitResult, fit
 from pipeline import paths
 from pipeline.params import Params, UserModelParams, load_params
 
@@ -115,7 +115,7 @@ def refit(model: nn.Module, loss_fn: Callable, test: pl.DataFrame, p: UserModelP
             "loss": [round(row["loss"], 5) for row in result.curve]}
 
 
-def training_summary(result, refit_info: dict | None, monitor: str) -> tuple[dict, str]:
+def training_summary(result: FitResult, refit_info: dict | None, monitor: str) -> tuple[dict, str]:
     """metrics/train_*.json's content and the stage's one-line summary of a training run (and its refit)."""
     metrics = {"best_epoch": result.best_epoch, "valid": result.best_metrics, "train_seconds": round(result.seconds, 1)}
     line = (f"best epoch {result.best_epoch}/{len(result.curve)}, valid {monitor} {result.best_metrics[monitor]:.4f}, "
