@@ -86,7 +86,8 @@ def search_masked(index: faiss.Index, users: np.ndarray, histories: list[list[in
     for s in range(0, len(users), batch_size):
         u = users[s:s + batch_size]
         hist = histories[s:s + batch_size] if histories is not None else None
-        kk = min(n_items, k + max((len(h) for h in hist), default=0) if hist is not None else k)
+        extra = max((len(h) for h in hist), default=0) if hist is not None else 0
+        kk = min(n_items, k + extra)
         _, rows = index.search(u, kk)
         ids = np.where(rows >= 0, rows + 1, 0)
         keep = ids > 0  # 0: padding / missing results

@@ -25,7 +25,7 @@ from molar_core.data.sequences import training_windows
 from molar_core.errors import ArtifactError, MolarError
 from molar_core.io import read_json, sha256_file, write_bytes_atomic
 from molar_core.resume import TrainingResume
-from molar_core.training import FitConfig, FitResult, fit
+from molar_core.training import FitConfig, FitResult, fit, seed_everything
 from pipeline import paths
 from pipeline.params import Params, UserModelParams, load_params
 
@@ -99,20 +99,26 @@ def fit_config(p: UserModelParams, monitor: str, name: str, max_epochs: int | No
                      precision=p.precision, monitor=monitor, name=name)
 
 
-def refit(model: nn.Module, loss_fn: Callable, test: pl.DataFrame, p: UserModelParams, epochs: int,
-          resume: TrainingResume, generator: torch.Generator, name: str) -> dict:
-    """`refit: true`: train `model` (fresh, seeded as the early-stopped run was) for `epochs` epochs (that run's
-    best) on every user's training items plus the validation item, without validation, since its targets are
-    now training data; the model is left in its last state. Returns what config.json records of the refit."""
+def refit(build: Callable[[torch.Generator], tuple[nn.Module, Callable]], test: pl.DataFrame, p: UserModelParams,
+          epochs: int, root: Path, name: str, stage: str, *settings: dict) -> tuple[nn.Module, dict, TrainingResume]:
+    """`refit: true`: a fresh model from `build(generator)` -> (model, loss_fn), seeded as the early-stopped run
+    was, trained for `epochs` epochs (that run's best) on every user's training items plus the validation item,
+    without validation, since its targets are now training data; the model is left in its last state. Resumable
+    under `name`-refit for these settings; returns the model, what config.json records of the refit, and the
+    resume state to clear once the artifacts are written."""
+    generator = seed_everything(p.seed)
+    model, loss_fn = build(generator)
+    resume = training_resume(root, f"{name}-refit", *settings, {"epochs": epochs})
     seqs = training_sequences(test["history"].to_list(), p)  # test history = training items + validation item
     with epoch_progress(epochs) as advance:
-        result = fit(model, seqs, loss_fn, None, fit_config(p, "", f"{name} refit", max_epochs=epochs), generator,
+        result = fit(model, seqs, loss_fn, None, fit_config(p, "", f"{stage} refit", max_epochs=epochs), generator,
                      progress=lambda row: advance(f"refit loss {row['loss']:.4f}"), resume=resume)
-    return {"epochs": epochs, "training_windows": len(seqs), "train_seconds": round(result.seconds, 1),
+    info = {"epochs": epochs, "training_windows": len(seqs), "train_seconds": round(result.seconds, 1),
             "resumed_after_epoch": resume.resumed_from,
             "data": "each user's training items + validation item (validation metrics in metrics.json are then "
                     "measured on trained targets; `valid` here is the early-stopped run's)",
             "loss": [round(row["loss"], 5) for row in result.curve]}
+    return model, info, resume
 
 
 def training_summary(result: FitResult, refit_info: dict | None, monitor: str) -> tuple[dict, str]:

@@ -7,6 +7,7 @@ as SASRec's: model, config, item and user vectors), so `index` and `evaluate` tr
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -82,8 +83,9 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
 
     metric = protocol.early_stop_metric
     id_ckpt = root / paths.model_dir("sasrec") / "model.safetensors"
-    resume = training_resume(root, name, p.model_dump(), protocol.model_dump(),
-                             {"id_model": sha256_file(id_ckpt) if id_model is not None else None})
+    settings = (p.model_dump(), protocol.model_dump(),
+                {"id_model": sha256_file(id_ckpt) if id_model is not None else None})
+    resume = training_resume(root, name, *settings)
     with epoch_progress(p.max_epochs) as advance:
         result = fit(model, seqs, lambda b: model.loss(b, gen),
                      lambda: ranking_metrics(user_vectors(vh), item_vectors(), vh, vt, protocol.ks, mask),
@@ -92,13 +94,12 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
                                                        f"{row['valid_' + metric]:.4f}"), resume=resume)
     refit_info, refit_resume = None, None
     if p.refit:  # user_vectors and item_vectors above read `model`: they then score the refit one
-        gen = seed_everything(p.seed)
-        model = Molar(ContentUserModel(ccfg, feats), lcfg, id_model).to(device)
-        refit_resume = training_resume(root, name + "-refit", p.model_dump(), protocol.model_dump(),
-                                       {"id_model": sha256_file(id_ckpt) if id_model is not None else None,
-                                        "epochs": result.best_epoch})
-        refit_info = refit(model, lambda b: model.loss(b, gen), test, p, result.best_epoch, refit_resume, gen,
-                           f"train@{name}")
+        def build(g: torch.Generator) -> tuple[Molar, Callable]:
+            fresh = Molar(ContentUserModel(ccfg, feats), lcfg, id_model).to(device)
+            return fresh, lambda b: fresh.loss(b, g)
+
+        model, refit_info, refit_resume = refit(build, test, p, result.best_epoch, root, name, f"train@{name}",
+                                                *settings)
     model.eval()
     user_ids = torch.tensor(train["user_id"].to_list())
     histories = {"train": train["items"].to_list(), "valid": vh, "test": test["history"].to_list(),

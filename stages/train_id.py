@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -52,7 +53,8 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
         return ranking_metrics(users, model.item_vectors().detach().float().cpu(), vh, vt, protocol.ks, mask)
 
     metric = protocol.early_stop_metric
-    resume = training_resume(root, MODEL, p.model_dump(), protocol.model_dump())
+    settings = (p.model_dump(), protocol.model_dump())
+    resume = training_resume(root, MODEL, *settings)
     with epoch_progress(p.max_epochs) as advance:
         result = fit(model, seqs, lambda b: sasrec_loss(model, b, p.loss, p.num_negatives, gen), validate,
                      fit_config(p, metric, "train_id"),
@@ -60,12 +62,11 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
                                                        f"{row['valid_' + metric]:.4f}"), resume=resume)
     refit_info, refit_resume = None, None
     if p.refit:
-        gen = seed_everything(p.seed)
-        model = SASRec(cfg).to(device)
-        refit_resume = training_resume(root, MODEL + "-refit", p.model_dump(), protocol.model_dump(),
-                                       {"epochs": result.best_epoch})
-        refit_info = refit(model, lambda b: sasrec_loss(model, b, p.loss, p.num_negatives, gen), test, p,
-                           result.best_epoch, refit_resume, gen, "train_id")
+        def build(g: torch.Generator) -> tuple[SASRec, Callable]:
+            fresh = SASRec(cfg).to(device)
+            return fresh, lambda b: sasrec_loss(fresh, b, p.loss, p.num_negatives, g)
+
+        model, refit_info, refit_resume = refit(build, test, p, result.best_epoch, root, MODEL, "train_id", *settings)
     model.eval()
     user_ids = torch.tensor(train["user_id"].to_list())
     splits = {"train": encode_users(model.user_vectors, train["items"].to_list(), p.max_len, device),

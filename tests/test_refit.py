@@ -80,7 +80,6 @@ def test_content_model_refit_differs_from_its_early_stopped_model(refit_workspac
     torch.set_num_threads(1)
     plain = train.run("content", p.train_variant("content"), p.protocol, root)
     before = (root / "artifacts/content/item_vectors.safetensors").read_bytes()
-    p = small_params(ml_small, models=("content",))
     refit_params = p.train_variant("content").model_copy(update={"refit": True})
     config = train.run("content", refit_params, p.protocol, root)
     assert config["refit"]["epochs"] == plain["best_epoch"] and config["valid"] == plain["valid"]
