@@ -83,8 +83,9 @@ def test_ndcg(ws: Path, model: str) -> dict:
                          test["target"].to_torch())
     per = per_user_metrics(ranks.numpy().astype(float), [10])
     metrics = ws / "metrics" / ("train_id.json" if model == "sasrec" else f"train_{model}.json")
+    run = read_json(metrics)
     return {"ndcg@10": float(per["ndcg@10"].mean()), "per_user_ndcg@10": per["ndcg@10"].round(6).tolist(),
-            "train_s": read_json(metrics).get("train_seconds")}
+            "valid_ndcg@10": run["valid"].get("ndcg@10"), "train_s": run.get("train_seconds")}
 
 
 def train_and_score(ws: Path, seed: int, model: str) -> None:
@@ -117,13 +118,15 @@ def report(dirs: list[Path], against: list[str]) -> None:
     for r in runs:
         by_seed[r["seed"]][r["model"]] = r
     models = list(dict.fromkeys(["sasrec", *(r["model"] for r in runs)]))
-    print("| test NDCG@10 | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% t | "
+    print("| test NDCG@10 | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% t | valid (mean) | "
           + " | ".join(f"− {b}, paired bootstrap over users (seeds pooled)" for b in against) + " |")
-    print("| --- " * (len(seeds) + 2 + len(against)) + "|")
+    print("| --- " * (len(seeds) + 3 + len(against)) + "|")
     for m in models:
         have = [s for s in seeds if m in by_seed[s]]
         cells = [f"{by_seed[s][m]['ndcg@10']:.4f}" if m in by_seed[s] else "" for s in seeds]
         cells.append(t_interval([by_seed[s][m]["ndcg@10"] for s in have]))
+        valid = [by_seed[s][m]["valid_ndcg@10"] for s in have if by_seed[s][m].get("valid_ndcg@10") is not None]
+        cells.append(f"{np.mean(valid):.4f}" if valid else "")  # the early-stopped run's best (the selection)
         for b in against:
             both = [s for s in have if b in by_seed[s]]
             if m == b or not both:
@@ -141,7 +144,8 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", default=["content", "molar"], choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=["content", "molar"], choices=list(VARIANTS),
+                    help="content models to train after SASRec (none: SASRec only)")
     ap.add_argument("--first-seed-variants", nargs="*", default=[], choices=list(VARIANTS),
                     help="trained for the first seed only (a wider study at a third of the cost)")
     ap.add_argument("--jobs", type=int, default=2, help="processes at a time")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -19,14 +21,21 @@ def sample_negatives(num_items: int, count: int, generator: torch.Generator | No
     return torch.randint(1, num_items + 1, (count,), generator=generator, device=device)
 
 
-def sampled_softmax_ce(hidden: torch.Tensor, item_vectors: torch.Tensor, targets: torch.Tensor,
-                       num_negatives: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def sampled_softmax_ce(hidden: torch.Tensor, item_vectors: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+                       targets: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None,
+                       num_items: int | None = None) -> torch.Tensor:
     """Cross-entropy against the positive and `num_negatives` uniformly sampled items shared by the batch,
-    with the sampled items that equal a row's positive masked out (for catalogues too large for full softmax)."""
-    n = item_vectors.shape[0]
+    with the sampled items that equal a row's positive masked out (for catalogues too large for full softmax).
+    `item_vectors`: (N, D) for ids 1..N, or a lookup from ids 1..`num_items` to vectors (an embedding table
+    with sparse gradients, so only the rows used get one)."""
+    if callable(item_vectors):
+        lookup, n = item_vectors, num_items
+    else:
+        table = item_vectors
+        lookup, n = (lambda ids: table[ids - 1]), table.shape[0]
     neg = sample_negatives(n, num_negatives, generator, hidden.device)
-    pos_logit = (hidden * item_vectors[targets - 1]).sum(-1, keepdim=True)
-    neg_logit = hidden @ item_vectors[neg - 1].T
+    pos_logit = (hidden * lookup(targets)).sum(-1, keepdim=True)
+    neg_logit = hidden @ lookup(neg).T
     neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
     logits = torch.cat([pos_logit, neg_logit], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=hidden.device))

@@ -20,6 +20,7 @@ from torch import nn
 from molar_core.data.sequences import pad_left
 from molar_core.errors import TrainingError
 from molar_core.metrics import mean_metrics, per_user_metrics
+from molar_core.optim import AdamWLazyEmbeddings, sparse_parameters
 from molar_core.ranking import target_ranks
 from molar_core.resume import EpochState, TrainingResume
 
@@ -68,7 +69,10 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
     validation targets), train exactly `cfg.max_epochs` epochs and keep the last state. With `resume`, the
     state after every epoch is saved and a killed run continues from its last finished epoch, giving the same
     result as an uninterrupted one."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if sparse_parameters(model):  # embedding tables with sparse gradients: lazy Adam on their rows
+        opt = AdamWLazyEmbeddings(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
     device_type = next(model.parameters()).device.type

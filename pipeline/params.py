@@ -145,6 +145,18 @@ class TrainIdParams(UserModelParams):
     loss: Literal["ce", "sampled_softmax"] = "ce"
     num_negatives: int = Field(256, ge=1)  # for sampled_softmax
     lr: float = Field(2e-3, gt=0.0)
+    # sampled_softmax only: the item table gets sparse gradients and lazy Adam (only the rows a step uses move)
+    sparse_item_updates: bool = False
+
+    @model_validator(mode="after")
+    def _sparse_needs_sampled_softmax(self) -> "TrainIdParams":
+        if self.sparse_item_updates and self.loss != "sampled_softmax":
+            raise ValueError("sparse_item_updates: needs loss: sampled_softmax (full cross-entropy gives every "
+                             "item row a gradient each step)")
+        if self.sparse_item_updates and self.weight_decay:
+            raise ValueError("sparse_item_updates: lazy Adam applies no weight decay to the item table; set "
+                             "weight_decay: 0")
+        return self
 
 
 class TrainParams(UserModelParams):

@@ -43,7 +43,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     device = pick_device(p.device)
     cfg = SASRecConfig(num_items=stats["items"], max_len=p.max_len, dim=p.dim, layers=p.layers, heads=p.heads,
                        dropout=p.dropout, norm=p.norm)
-    model = SASRec(cfg).to(device)
+    model = sparse_items(SASRec(cfg).to(device), p)
     seqs = training_sequences(train["items"].to_list(), p)
     vh, vt = valid["history"].to_list(), valid["target"].to_list()
     mask = protocol.masking == "history"
@@ -63,7 +63,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     refit_info, refit_resume = None, None
     if p.refit:
         def build(g: torch.Generator) -> tuple[SASRec, Callable]:
-            fresh = SASRec(cfg).to(device)
+            fresh = sparse_items(SASRec(cfg).to(device), p)
             return fresh, lambda b: sasrec_loss(fresh, b, p.loss, p.num_negatives, g)
 
         model, refit_info, refit_resume = refit(build, test, p, result.best_epoch, root, MODEL, "train_id", *settings)
@@ -94,6 +94,12 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     write_json_atomic(root / paths.METRICS_DIR / "train_id.json", metrics)
     summary("train_id", f"SASRec {line} on {device}")
     return config
+
+
+def sparse_items(model: SASRec, p: TrainIdParams) -> SASRec:
+    """`sparse_item_updates`: the item table's gradient holds only the rows a step reads (molar_core.optim)."""
+    model.item_emb.sparse = p.sparse_item_updates
+    return model
 
 
 def main(params: Params | None = None) -> None:

@@ -71,7 +71,9 @@ def sasrec_loss(model: SASRec, seqs: list[list[int]], loss: str = "ce", num_nega
     if loss == "ce":
         value = full_softmax_ce(h, model.item_vectors(), t)
     else:
-        value = sampled_softmax_ce(h, model.item_vectors(), t, num_negatives, generator)
+        # a sparse item table (train_id.sparse_item_updates) is read row by row, so its gradient stays sparse
+        table = model.item_emb if model.item_emb.sparse else model.item_vectors()
+        value = sampled_softmax_ce(h, table, t, num_negatives, generator, model.cfg.num_items)
     return value, {"loss": float(value.detach())}
 
 

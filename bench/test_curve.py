@@ -1,0 +1,87 @@
+"""How much picking the epoch on the test set inflates SASRec's test NDCG@10: a diagnostic, not a result.
+
+    python bench/test_curve.py --workspace W [--set train_id.dropout=0.5 ...] [--seeds 0 1 2] [--epochs 60]
+                               [--refit-from SWEEP]
+
+W is a prepared workspace (`dvc repro prepare`). For each seed, SASRec is trained as `train_id`'s refit trains it
+(`refit: true`: the same seed, every user's training items plus the validation item, constant learning rate), and
+after every epoch its test NDCG@10 is measured with the history masked (molar_core.training.ranking_metrics, the
+validation code, on the test split). Since the learning rate is constant, the model after epoch N is the refit
+model of an N-epoch refit, bit for bit. The table gives per seed: the test NDCG@10 at the epoch count the refit
+takes from early stopping on validation (with --refit-from, a bench/sweep.py folder of the same settings, whose
+results it must reproduce), the mean over the last 10 epochs, and the maximum over epochs with its epoch. The
+maximum is what a run that stops on the test metric reports; only the first column is a fair test number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from molar_core.io import read_json  # noqa: E402
+from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss  # noqa: E402
+from molar_core.training import encode_users, fit, ranking_metrics, seed_everything  # noqa: E402
+from pipeline.params import dotted_overrides, load_params  # noqa: E402
+from stages.common import fit_config, read_prepared, read_stats, training_sequences  # noqa: E402
+
+
+def test_curve(ws: Path, params, seed: int, epochs: int) -> list[float]:
+    """Test NDCG@10 after each of `epochs` refit epochs of one seed."""
+    p = params.train_id.model_copy(update={"seed": seed, "patience": epochs + 1})
+    torch.set_num_threads(p.threads or torch.get_num_threads())
+    stats, test = read_stats(ws), read_prepared(ws, "test")
+    gen = seed_everything(seed)  # as stages.common.refit seeds the fresh model
+    model = SASRec(SASRecConfig(num_items=stats["items"], max_len=p.max_len, dim=p.dim, layers=p.layers,
+                                heads=p.heads, dropout=p.dropout, norm=p.norm))
+    th, tt = test["history"].to_list(), test["target"].to_list()
+
+    def test_metrics() -> dict:
+        users = encode_users(model.user_vectors, th, p.max_len, torch.device("cpu"))
+        return ranking_metrics(users, model.item_vectors().detach().float(), th, tt, [10], True)
+
+    result = fit(model, training_sequences(th, p), lambda b: sasrec_loss(model, b, p.loss, p.num_negatives, gen),
+                 test_metrics, fit_config(p, "ndcg@10", "test curve", max_epochs=epochs), gen)
+    return [row["valid_ndcg@10"] for row in result.curve]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workspace", type=Path, required=True, help="holds data/prepared")
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--refit-from", type=Path, help="bench/sweep.py folder with refit: true and the same --set")
+    args = ap.parse_args()
+    params = load_params(args.params, overrides=dotted_overrides(args.set))
+    rows = []
+    for seed in args.seeds:
+        curve = test_curve(args.workspace, params, seed, args.epochs)
+        fair = ""
+        if args.refit_from:
+            run = args.refit_from / f"seed{seed}"
+            best = read_json(run / "metrics" / "train_id.json")["best_epoch"]
+            swept = read_json(run / "results" / "sasrec.json")["ndcg@10"]
+            if best > len(curve) or abs(curve[best - 1] - swept) > 1e-6:
+                sys.exit(f"seed {seed}: epoch {best} gives {curve[best - 1] if best <= len(curve) else None}, "
+                         f"{run} has {swept:.6f}: not the same settings (or --epochs < {best})")
+            fair = f"{swept:.4f} (epoch {best})"
+        top = int(np.argmax(curve))
+        rows.append((seed, fair, float(np.mean(curve[-10:])), curve[top], top + 1))
+        print(" ".join(f"{v:.4f}" for v in curve), flush=True)
+    print(f"\n| seed | refit epochs from validation (fair) | mean of last 10 of {args.epochs} epochs | "
+          "max over epochs (picked on test) |\n| --- | --- | --- | --- |")
+    for seed, fair, last, top, at in rows:
+        print(f"| {seed} | {fair} | {last:.4f} | {top:.4f} (epoch {at}) |")
+    print(f"| mean | | {np.mean([r[2] for r in rows]):.4f} | {np.mean([r[3] for r in rows]):.4f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""train_id.sparse_item_updates: SASRec's item table with sparse gradients and lazy Adam (molar_core.optim)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
+from molar_core.optim import AdamWLazyEmbeddings
+from molar_core.resume import EpochState, TrainingResume
+from molar_core.training import FitConfig, fit, seed_everything
+from pipeline.params import ParamsError, load_params
+
+N_ITEMS = 500
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _models() -> tuple[SASRec, SASRec]:
+    """The same SASRec twice: a dense item table and a sparse one."""
+    torch.manual_seed(0)
+    dense = SASRec(SASRecConfig(num_items=N_ITEMS, max_len=8, dim=16, layers=1, heads=2, dropout=0.0))
+    sparse = copy.deepcopy(dense)
+    sparse.item_emb.sparse = True
+    return dense, sparse
+
+
+BATCH_A = [[1, 2, 3, 4], [5, 6, 7]]
+BATCH_B = [[10, 11, 12], [13, 14, 15, 16]]
+
+
+def _step(model: SASRec, opt: torch.optim.Optimizer, batch: list[list[int]], seed: int) -> None:
+    loss, _ = sasrec_loss(model, batch, "sampled_softmax", 8, torch.Generator().manual_seed(seed))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _used_rows(batch: list[list[int]], seed: int) -> set[int]:
+    negatives = torch.randint(1, N_ITEMS + 1, (8,), generator=torch.Generator().manual_seed(seed))
+    return {i for s in batch for i in s} | set(negatives.tolist())
+
+
+def test_first_step_equals_adamw_and_later_steps_move_only_used_rows():
+    dense, sparse = _models()
+    # SparseAdam adds eps to sqrt(v) before the bias correction (the Adam paper's form): at step 1 that is AdamW
+    # with eps / sqrt(1 - beta2) on the item table
+    rest = [q for q in dense.parameters() if q is not dense.item_emb.weight]
+    opt_d = torch.optim.AdamW([{"params": rest}, {"params": [dense.item_emb.weight], "eps": 1e-8 / math.sqrt(0.001)}],
+                              lr=0.01, weight_decay=0.0)
+    opt_s = AdamWLazyEmbeddings(sparse, lr=0.01)
+    assert sparse.item_emb.weight in opt_s.sparse.param_groups[0]["params"]
+    start = sparse.item_emb.weight.detach().clone()
+    _step(dense, opt_d, BATCH_A, 0)
+    _step(sparse, opt_s, BATCH_A, 0)
+    # one step from zero moments: AdamW moves exactly the rows with a gradient, as lazy Adam does
+    for (name, a), b in zip(dense.state_dict().items(), sparse.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    after_a = sparse.item_emb.weight.detach().clone()
+    moved = set((after_a != start).any(1).nonzero().flatten().tolist())
+    assert moved == _used_rows(BATCH_A, 0)
+    _step(dense, opt_d, BATCH_B, 1)
+    _step(sparse, opt_s, BATCH_B, 1)
+    only_a = sorted(_used_rows(BATCH_A, 0) - _used_rows(BATCH_B, 1))
+    assert only_a
+    # lazy: rows the second step did not use keep their values; AdamW's decaying momentum moves them again
+    torch.testing.assert_close(sparse.item_emb.weight[only_a], after_a[only_a], rtol=0, atol=0)
+    assert not torch.allclose(dense.item_emb.weight[only_a], after_a[only_a])
+    # the rows the second step used follow Adam's update with the moments of their own gradients
+    used_b = sorted(_used_rows(BATCH_B, 1) - _used_rows(BATCH_A, 0))
+    moved_b = (sparse.item_emb.weight[used_b] != after_a[used_b]).all(1)
+    assert bool(moved_b.all())
+
+
+def test_lazy_rows_match_a_hand_computed_adam_update():
+    """Two steps on one row, computed from the gradients by the Adam paper's update (global step count)."""
+    emb = torch.nn.Embedding(4, 3, sparse=True)
+    model = torch.nn.Sequential(emb)
+    opt = AdamWLazyEmbeddings(model, lr=0.1)
+    w0 = emb.weight.detach().clone()
+    grads = []
+    for target in (torch.tensor([1.0, -2.0, 0.5]), torch.tensor([-1.0, 0.5, 3.0])):
+        opt.zero_grad()
+        loss = ((emb(torch.tensor([2])) - target) ** 2).sum()
+        grads.append(2 * (emb.weight[2].detach() - target))
+        loss.backward()
+        opt.step()
+    b1, b2, eps, lr = 0.9, 0.999, 1e-8, 0.1
+    w, m, v = w0[2].clone(), torch.zeros(3), torch.zeros(3)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        w = w - lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (v.sqrt() + eps)
+    torch.testing.assert_close(emb.weight[2].detach(), w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(emb.weight[[0, 1, 3]].detach(), w0[[0, 1, 3]], rtol=0, atol=0)
+    assert math.isclose(opt.param_groups[0]["lr"], 0.1)
+
+
+def test_state_round_trips_through_the_resume_file(tmp_path):
+    """Saved by molar_core.resume after two steps and loaded into a fresh copy, the continuation matches."""
+    _, model = _models()
+    opt = AdamWLazyEmbeddings(model, lr=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
+    for seed, batch in enumerate((BATCH_A, BATCH_B)):
+        _step(model, opt, batch, seed)
+        sched.step()
+    resume = TrainingResume(tmp_path, "fp")
+    resume.save(model, opt, sched, torch.Generator(), EpochState(1, [], 0.0, 1, 0, False, 0.0, None))
+    _, copy_model = _models()
+    copy_opt = AdamWLazyEmbeddings(copy_model, lr=0.01)
+    copy_sched = torch.optim.lr_scheduler.LambdaLR(copy_opt, lambda step: 1.0 / (1 + step))
+    assert resume.load(copy_model, copy_opt, copy_sched, torch.Generator()) is not None
+    assert copy_opt.param_groups[1]["lr"] == opt.param_groups[1]["lr"] < 0.01
+    for m, o, s in ((model, opt, sched), (copy_model, copy_opt, copy_sched)):
+        _step(m, o, [[3, 4, 20, 21]], 7)
+        s.step()
+    for (name, a), b in zip(model.state_dict().items(), copy_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_fit_with_sparse_item_table_learns():
+    """The training loop picks lazy Adam for a sparse table and the model learns a cyclic next-item rule."""
+    gen = seed_everything(0)
+    model = SASRec(SASRecConfig(num_items=30, max_len=12, dim=32, layers=1, heads=2, dropout=0.0))
+    model.item_emb.sparse = True
+    seqs = [[(s + i) % 30 + 1 for i in range(13)] for s in range(30)]
+    result = fit(model, seqs, lambda b: sasrec_loss(model, b, "sampled_softmax", 8, gen), None,
+                 FitConfig(lr=0.01, batch_size=10, max_epochs=30), gen)
+    assert result.curve[-1]["loss"] < 0.3 * result.curve[0]["loss"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"loss": "ce"}, "sparse_item_updates: needs loss: sampled_softmax"),
+    ({"loss": "sampled_softmax", "weight_decay": 0.1}, "sparse_item_updates: lazy Adam applies no weight decay"),
+])
+def test_sparse_item_updates_needs_sampled_softmax_and_no_weight_decay(extra, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(REPO / "params.yaml", overrides={"train_id": {"sparse_item_updates": True, **extra}})
