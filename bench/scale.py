@@ -3,6 +3,8 @@
     python bench/scale.py [--items 10000 100000 1000000] [--users 100000] [--threads 1] [--out /tmp/molar-scale]
     python bench/scale.py --out /tmp/molar-scale --report          # the table of what has run
     python bench/scale.py --items 1000000 --stages embed --redo embed   # measure one stage again
+    python bench/scale.py --items 1000000 --stages prepare train_id --set train_id.sparse_item_updates=true \
+        --out /tmp/molar-scale-sparse                                     # a setting beside SCALE's, own folder
 
 Each size gets a workspace OUT/N holding the synthetic tables of `molar_core.data.synthetic.interaction_tables`
 (`prepare.source: table`) and a params.yaml: the repository's params.yaml with the large-catalogue settings in
@@ -29,7 +31,7 @@ from bench.stage_process import run_stage  # noqa: E402
 from molar_core.data.synthetic import interaction_tables  # noqa: E402
 from molar_core.encoders.tiny import build_tiny_sentence_encoder  # noqa: E402
 from molar_core.io import read_json, write_json_atomic  # noqa: E402
-from pipeline.params import load_params  # noqa: E402
+from pipeline.params import dotted_overrides, load_params  # noqa: E402
 
 MODELS = ["sasrec", "molar"]
 STAGES = [("prepare", []), ("embed", []), ("train_id", []), ("train@molar", ["molar"]), ("index", []),
@@ -50,7 +52,7 @@ def scale_overrides(threads: int, encoder_dir: Path) -> dict:
     }
 
 
-def write_workspace(ws: Path, items: int, users: int, threads: int, seed: int) -> None:
+def write_workspace(ws: Path, items: int, users: int, threads: int, seed: int, extra: dict | None = None) -> None:
     """Synthetic tables and a validated params.yaml (an error here names the key before any stage runs)."""
     raw = ws / "raw"
     if not (raw / "items.parquet").exists():
@@ -61,17 +63,20 @@ def write_workspace(ws: Path, items: int, users: int, threads: int, seed: int) -
     encoder = ws.parent / "tiny-bert"
     if not (encoder / "config.json").exists():
         build_tiny_sentence_encoder(encoder)
-    params = load_params(ROOT / "params.yaml", overrides=scale_overrides(threads, encoder.resolve()))
+    over = scale_overrides(threads, encoder.resolve())
+    for section, values in (extra or {}).items():
+        over[section] = {**over.get(section, {}), **values}
+    params = load_params(ROOT / "params.yaml", overrides=over)
     (ws / "params.yaml").write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
 
 
 def run_size(out: Path, items: int, users: int, threads: int, seed: int, only: list[str] | None = None,
-             redo: list[str] = ()) -> None:
+             redo: list[str] = (), extra: dict | None = None) -> None:
     """Run the stages of one size that have no record yet (`only`: just these; `redo`: measure these again,
     from a cold start: a redone embed starts from an empty cache)."""
     ws = out / str(items)
     ws.mkdir(parents=True, exist_ok=True)
-    write_workspace(ws, items, users, threads, seed)
+    write_workspace(ws, items, users, threads, seed, extra)
     record = ws / "scale.json"
     done = read_json(record) if record.exists() else {}
     for stage in redo:
@@ -125,10 +130,13 @@ def main() -> None:
     names = [s for s, _ in STAGES]
     ap.add_argument("--stages", nargs="+", choices=names, help="run only these stages (default: all)")
     ap.add_argument("--redo", nargs="+", choices=names, default=[], help="measure these again (embed: cold cache)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                    help="params on top of the large-catalogue settings (use another --out)")
     args = ap.parse_args()
     if not args.report:
         for n in args.items:
-            run_size(args.out, n, args.users, args.threads, args.seed, args.stages, args.redo)
+            run_size(args.out, n, args.users, args.threads, args.seed, args.stages, args.redo,
+                     dotted_overrides(args.set))
     report(args.out)
 
 
