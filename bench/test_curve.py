@@ -72,15 +72,16 @@ def main() -> None:
             if best > len(curve) or abs(curve[best - 1] - swept) > 1e-6:
                 sys.exit(f"seed {seed}: epoch {best} gives {curve[best - 1] if best <= len(curve) else None}, "
                          f"{run} has {swept:.6f}: not the same settings (or --epochs < {best})")
-            fair = f"{swept:.4f} (epoch {best})"
+            fair = swept, best
         top = int(np.argmax(curve))
         rows.append((seed, fair, float(np.mean(curve[-10:])), curve[top], top + 1))
         print(" ".join(f"{v:.4f}" for v in curve), flush=True)
     print(f"\n| seed | refit epochs from validation (fair) | mean of last 10 of {args.epochs} epochs | "
           "max over epochs (picked on test) |\n| --- | --- | --- | --- |")
     for seed, fair, last, top, at in rows:
-        print(f"| {seed} | {fair} | {last:.4f} | {top:.4f} (epoch {at}) |")
-    print(f"| mean | | {np.mean([r[2] for r in rows]):.4f} | {np.mean([r[3] for r in rows]):.4f} |")
+        print(f"| {seed} | {f'{fair[0]:.4f} (epoch {fair[1]})' if fair else ''} | {last:.4f} | {top:.4f} (epoch {at}) |")
+    fair_mean = f"{np.mean([r[1][0] for r in rows]):.4f}" if args.refit_from else ""
+    print(f"| mean | {fair_mean} | {np.mean([r[2] for r in rows]):.4f} | {np.mean([r[3] for r in rows]):.4f} |")
 
 
 if __name__ == "__main__":
