@@ -147,6 +147,10 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_same_artifacts(base, tmp
         items = ref_root / paths.ITEMS
         pl.read_parquet(items).head(5 * SMALL_SHARDS["shard_size"]).write_parquet(items)
     duration, _ = _finish(ref_root, stage)
+    if stage in ("prepare", "index", "evaluate") and duration < 10:  # a short stage's first run can be slow
+        _remove_outputs(ref_root, stage)  # (cold imports, a busy machine): time a warm one too, so the kills below
+        # land inside the run, not after it (resumable stages keep the longer time: their kills must come late)
+        duration = min(duration, _finish(ref_root, stage)[0])
     ref = _snapshot(ref_root, stage)
     assert all(v is not None for v in ref.values())
 
