@@ -139,3 +139,34 @@ def test_fit_with_sparse_item_table_learns():
 def test_sparse_item_updates_needs_sampled_softmax_and_no_weight_decay(extra, message):
     with pytest.raises(ParamsError, match=message):
         load_params(REPO / "params.yaml", overrides={"train_id": {"sparse_item_updates": True, **extra}})
+
+
+def test_train_id_stage_trains_and_refits_with_lazy_adam(small_workspace, ml_small, tmp_path, monkeypatch):
+    """The stage turns the item table sparse for the early-stopped run and the refit, and saves a loadable model."""
+    import shutil
+
+    import molar_core.training as training
+    from molar_core.models.sasrec import load_sasrec
+    from pipeline import paths
+    from stages import train_id
+    from tests.conftest import small_params
+
+    made = []
+
+    class Spy(AdamWLazyEmbeddings):
+        def __init__(self, model, **kw):
+            made.append(model.item_emb.sparse)
+            super().__init__(model, **kw)
+
+    monkeypatch.setattr(training, "AdamWLazyEmbeddings", Spy)
+    root = tmp_path / "ws"
+    shutil.copytree(small_workspace, root)
+    p = small_params(ml_small, max_epochs=2, loss="sampled_softmax", num_negatives=16, sparse_item_updates=True,
+                     refit=True)
+    torch.set_num_threads(1)
+    config = train_id.run(p.train_id, p.protocol, root)
+    assert made == [True, True]  # the early-stopped run, then the refit
+    assert config["params"]["sparse_item_updates"] and config["refit"]["epochs"] == config["best_epoch"]
+    model = load_sasrec(root / "artifacts" / "sasrec")
+    assert not model.item_emb.sparse and torch.isfinite(model.item_vectors()).all()
+    assert not list((root / paths.RESUME_DIR).rglob("*.safetensors"))  # both resume states cleared once saved
