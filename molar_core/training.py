@@ -65,8 +65,8 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
         cfg: FitConfig, generator: torch.Generator, progress: Callable[[dict], None] | None = None,
         resume: TrainingResume | None = None) -> FitResult:
     """Train with AdamW (lazy Adam on embedding tables with sparse gradients, molar_core.optim), validate each
-    epoch, stop after `patience` epochs without improvement of
-    `cfg.monitor`, and leave the model in its best state. Without `validate` (a refit on data that includes the
+    epoch, stop after `patience` epochs without improvement of `cfg.monitor`, and leave the model in its best
+    state. Without `validate` (a refit on data that includes the
     validation targets), train exactly `cfg.max_epochs` epochs and keep the last state. With `resume`, the
     state after every epoch is saved and a killed run continues from its last finished epoch, giving the same
     result as an uninterrupted one."""
