@@ -66,10 +66,9 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
         resume: TrainingResume | None = None) -> FitResult:
     """Train with AdamW (lazy Adam on embedding tables with sparse gradients, molar_core.optim), validate each
     epoch, stop after `patience` epochs without improvement of `cfg.monitor`, and leave the model in its best
-    state. Without `validate` (a refit on data that includes the
-    validation targets), train exactly `cfg.max_epochs` epochs and keep the last state. With `resume`, the
-    state after every epoch is saved and a killed run continues from its last finished epoch, giving the same
-    result as an uninterrupted one."""
+    state. Without `validate` (a refit on data that includes the validation targets), train exactly
+    `cfg.max_epochs` epochs and keep the last state. With `resume`, the state after every epoch is saved and a
+    killed run continues from its last finished epoch, giving the same result as an uninterrupted one."""
     if sparse_parameters(model):  # embedding tables with sparse gradients: lazy Adam on their rows
         opt = AdamWLazyEmbeddings(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
