@@ -1,8 +1,8 @@
 """The training optimiser: AdamW, with lazy (row-sparse) Adam for embedding tables that produce sparse gradients.
 
-With a million items, AdamW's update of SASRec's item table (64M parameters, its two moments, every step) costs
-about half of a sampled-softmax step on a CPU, although a step touches only the rows of its batch, its targets
-and its sampled negatives. `nn.Embedding(sparse=True)` tables get torch's SparseAdam instead: only rows with a
+With a million items, AdamW's update of SASRec's item table (64M parameters, its gradient and two moments,
+every step) is four fifths of a sampled-softmax step on a CPU (bench/train_step.py), although a step touches only
+the rows of its batch, its targets and its sampled negatives. `nn.Embedding(sparse=True)` tables get torch's SparseAdam instead: only rows with a
 gradient move, and only their moments are updated (TensorFlow's LazyAdam; an untouched row keeps its moments
 instead of decaying them). Everything else keeps AdamW. One optimiser object, so the learning-rate scheduler,
 checkpointing (molar_core.resume) and the training loop see a plain torch optimiser.
