@@ -12,8 +12,10 @@ that seed + the variants of VARIANTS), then runs `python -m stages.train_id` and
 for every variant, the commands `dvc repro` runs, at most --jobs at a time. Test metrics come from the saved
 vectors by exact torch ranking with the history masked (molar_core.ranking, tested equal to the FAISS path that
 `evaluate` takes), per user, into OUT/seedS/results/MODEL.json as each model finishes, so the report gives
-each model's mean over seeds with a 95% t-interval and its paired bootstrap interval over users (seeds pooled)
-against SASRec. Nothing here needs FAISS, so the script runs where only torch, polars and pydantic are installed.
+each model's mean over seeds with a 95% t-interval, its early-stopped run's best validation NDCG@10 (the number
+to choose settings by), and its paired bootstrap interval over users (seeds pooled) against SASRec.
+`--variants` with no names trains SASRec only. Nothing here needs FAISS, so the script runs where only torch,
+polars and pydantic are installed.
 """
 
 from __future__ import annotations
