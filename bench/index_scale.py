@@ -42,15 +42,21 @@ def search_time(index: faiss.Index, queries: np.ndarray, repeats: int = 3) -> tu
     return best, rows
 
 
-def settings(n: int, dim: int, hnsw: bool, fastscan: bool, deep: bool = False) -> list[tuple[str, str, list[int]]]:
+def settings(n: int, dim: int, hnsw: bool, fastscan: bool, deep: bool = False,
+             nprobes: list[int] | None = None) -> list[tuple[str, str, list[int]]]:
     """(factory, search parameter, values) to sweep for n items: IVF with about 4 sqrt(n) and 16 sqrt(n) lists
     (FAISS's usual range), HNSW32; with `fastscan`, the IVF lists hold 4-bit PQ codes (2 dimensions a code,
     scanned with SIMD) and the top k x K_FACTOR of them are re-ranked exactly (RFlat): more lists probed for the
-    same time. `deep`: lists of floats probed up to nlist / 8 too (by default up to 512)."""
+    same time. `deep`: lists of floats probed up to nlist / 8 too (by default up to 512); `nprobes`: these
+    values instead, for the lists of floats of the larger nlist only."""
     out = []
     for per in (4, 16):
         nlist = max(16, 1 << round(np.log2(per * n ** 0.5)))
         probes = [p for p in (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if p <= nlist // 8]
+        if nprobes:
+            if per == 16:
+                out.append((f"IVF{nlist},Flat", "nprobe", nprobes))
+            continue
         out.append((f"IVF{nlist},Flat", "nprobe", probes if deep else [p for p in probes if p <= 512]))
         if fastscan:
             out.append((f"IVF{nlist},PQ{dim // 2}x4fs,RFlat", "nprobe", probes))
@@ -72,13 +78,13 @@ def scanned_share(index: faiss.Index, queries: np.ndarray) -> float | None:
 
 
 def run(label: str, items: np.ndarray, queries: np.ndarray, hnsw: bool, fastscan: bool,
-        deep: bool = False) -> list[dict]:
+        deep: bool = False, nprobes: list[int] | None = None) -> list[dict]:
     n = len(items)
     flat, _ = build_index(items, "Flat", use_gpu="never")
     exact_s, truth = search_time(flat, queries)
     rows = [{"catalogue": label, "index": "Flat (exact)", "setting": "", "build_s": 0.0, "recall": 1.0,
              "qps": len(queries) / exact_s, "speedup": 1.0, "scanned": 1.0}]
-    for factory, param, values in settings(n, items.shape[1], hnsw, fastscan, deep):
+    for factory, param, values in settings(n, items.shape[1], hnsw, fastscan, deep, nprobes):
         nlist = int(factory[3:].split(",")[0]) if factory.startswith("IVF") else 0
         index, info = build_index(items, factory, train_sample=min(max(100_000, 20 * nlist), 300_000),
                                   use_gpu="never", refine_k_factor=K_FACTOR)
@@ -114,6 +120,7 @@ def main() -> None:
     ap.add_argument("--hnsw", action="store_true", help="also HNSW32 (slow to build on a few cores at 1e6)")
     ap.add_argument("--fastscan", action="store_true", help="also IVF with 4-bit PQ fast-scan lists + exact re-rank")
     ap.add_argument("--deep", action="store_true", help="probe lists of floats up to nlist / 8 (default: 512)")
+    ap.add_argument("--nprobes", type=int, nargs="+", help="only IVF (16 sqrt(N) lists) of floats, these nprobe")
     ap.add_argument("--workspace", type=Path, default=None, help="use this workspace's vectors of --model")
     ap.add_argument("--model", default="content")
     args = ap.parse_args()
@@ -135,7 +142,7 @@ def main() -> None:
             cases.append((f"synthetic {n:,} x {args.dim}", items, user_queries(items, args.queries, seed=1)))
     for label, items, queries in cases:
         rows = run(label, np.ascontiguousarray(items, np.float32), np.ascontiguousarray(queries, np.float32),
-                   args.hnsw, args.fastscan, args.deep)
+                   args.hnsw, args.fastscan, args.deep, args.nprobes)
         print_rows(rows[:1])
         good = [r for r in rows[1:] if r["recall"] >= 0.99]
         picks.append((label, max(good, key=lambda r: r["speedup"]) if good else None))
