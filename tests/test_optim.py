@@ -69,7 +69,7 @@ def test_first_step_equals_adamw_and_later_steps_move_only_used_rows():
     # lazy: rows the second step did not use keep their values; AdamW's decaying momentum moves them again
     torch.testing.assert_close(sparse.item_emb.weight[only_a], after_a[only_a], rtol=0, atol=0)
     assert not torch.allclose(dense.item_emb.weight[only_a], after_a[only_a])
-    # the rows the second step used follow Adam's update with the moments of their own gradients
+    # while every row that only the second step used moves (its update: test_lazy_rows_match_a_hand_computed_...)
     used_b = sorted(_used_rows(BATCH_B, 1) - _used_rows(BATCH_A, 0))
     moved_b = (sparse.item_emb.weight[used_b] != after_a[used_b]).all(1)
     assert bool(moved_b.all())
