@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from molar_core.io import read_json  # noqa: E402
-from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss  # noqa: E402
+from molar_core.models.sasrec import sasrec_loss  # noqa: E402
 from molar_core.training import encode_users, fit, ranking_metrics, seed_everything  # noqa: E402
 from pipeline.params import dotted_overrides, load_params  # noqa: E402
 from stages.common import fit_config, read_prepared, read_stats, training_sequences  # noqa: E402
+from stages.train_id import new_sasrec, sasrec_config  # noqa: E402
 
 
 def test_curve(ws: Path, params, seed: int, epochs: int) -> list[float]:
@@ -38,8 +39,7 @@ def test_curve(ws: Path, params, seed: int, epochs: int) -> list[float]:
     torch.set_num_threads(p.threads or torch.get_num_threads())
     stats, test = read_stats(ws), read_prepared(ws, "test")
     gen = seed_everything(seed)  # as stages.common.refit seeds the fresh model
-    model = SASRec(SASRecConfig(num_items=stats["items"], max_len=p.max_len, dim=p.dim, layers=p.layers,
-                                heads=p.heads, dropout=p.dropout, norm=p.norm))
+    model = new_sasrec(sasrec_config(p, stats["items"]), p, torch.device("cpu"))  # as train_id builds it
     th, tt = test["history"].to_list(), test["target"].to_list()
 
     def test_metrics() -> dict:

@@ -41,9 +41,8 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
         torch.set_num_threads(p.threads)
     gen = seed_everything(p.seed)
     device = pick_device(p.device)
-    cfg = SASRecConfig(num_items=stats["items"], max_len=p.max_len, dim=p.dim, layers=p.layers, heads=p.heads,
-                       dropout=p.dropout, norm=p.norm)
-    model = sparse_items(SASRec(cfg).to(device), p)
+    cfg = sasrec_config(p, stats["items"])
+    model = new_sasrec(cfg, p, device)
     seqs = training_sequences(train["items"].to_list(), p)
     vh, vt = valid["history"].to_list(), valid["target"].to_list()
     mask = protocol.masking == "history"
@@ -63,7 +62,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     refit_info, refit_resume = None, None
     if p.refit:
         def build(g: torch.Generator) -> tuple[SASRec, Callable]:
-            fresh = sparse_items(SASRec(cfg).to(device), p)
+            fresh = new_sasrec(cfg, p, device)
             return fresh, lambda b: sasrec_loss(fresh, b, p.loss, p.num_negatives, g)
 
         model, refit_info, refit_resume = refit(build, test, p, result.best_epoch, root, MODEL, "train_id", *settings)
@@ -96,8 +95,16 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     return config
 
 
-def sparse_items(model: SASRec, p: TrainIdParams) -> SASRec:
-    """`sparse_item_updates`: the item table's gradient holds only the rows a step reads (molar_core.optim)."""
+def sasrec_config(p: TrainIdParams, num_items: int) -> SASRecConfig:
+    """The architecture `train_id`'s params describe, for a catalogue of `num_items`."""
+    return SASRecConfig(num_items=num_items, max_len=p.max_len, dim=p.dim, layers=p.layers, heads=p.heads,
+                        dropout=p.dropout, norm=p.norm)
+
+
+def new_sasrec(cfg: SASRecConfig, p: TrainIdParams, device: torch.device) -> SASRec:
+    """A freshly initialised SASRec to train (from the current torch seed); with `sparse_item_updates` its item
+    table's gradient holds only the rows a step reads (molar_core.optim)."""
+    model = SASRec(cfg).to(device)
     model.item_emb.sparse = p.sparse_item_updates
     return model
 
