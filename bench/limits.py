@@ -6,7 +6,8 @@ memory-bandwidth ceilings measured here, and the achieved fraction.
 Workloads at the default params (params.yaml):
 - embed: the `sentence` encoder's forward (MiniLM-L6, batch 32) over 512 ML-100K item texts;
 - train: one SASRec training step (batch 128 x 50 positions, dim 64, full softmax over 1,682 items, AdamW);
-- evaluate: full-ranking FAISS Flat search (batch 1,024 users) of 8,192 users over 100,000 items x 64.
+- evaluate: full-ranking FAISS Flat search of 8,192 users over 100,000 items x 64, in the calls search_masked
+  makes (evaluate.batch_size users, at least FAISS's matrix-product minimum: 2,000 at dim 64).
 FLOPs are counted by torch's FlopCounterMode over the real calls (embed, train) or exactly (2 x users x items x
 dim for the search). Bytes are the least traffic the workload needs: weights read once per batch, for training
 also gradients, AdamW state and the activations saved for backward (measured with saved-tensor hooks), for
@@ -30,9 +31,10 @@ sys.path.insert(0, str(REPO))
 from bench.machine import best_seconds, matmul_peak, memory_bandwidth  # noqa: E402
 from molar_core.data.synthetic import catalogue, generate, user_queries  # noqa: E402
 from molar_core.encoders import EncoderConfig, build_encoder  # noqa: E402
-from molar_core.index import build_index, search_masked  # noqa: E402
-from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss  # noqa: E402
+from molar_core.index import blas_batch, build_index, search_masked  # noqa: E402
+from molar_core.models.sasrec import SASRec, sasrec_loss  # noqa: E402
 from pipeline.params import Params  # noqa: E402
+from stages.train_id import sasrec_config  # noqa: E402
 
 TARGETS = {"embed": 0.40, "train": 0.15}
 
@@ -67,8 +69,7 @@ def train_workload(steps: int) -> dict:
     data = generate("collaborative", users=943, items=1682, length=p.max_len + 1, feature_dim=8, seed=0)
     batches = [data.sequences[i:i + p.batch_size] for i in range(0, len(data.sequences), p.batch_size)][:-1]
     torch.manual_seed(0)
-    model = SASRec(SASRecConfig(num_items=1682, max_len=p.max_len, dim=p.dim, layers=p.layers, heads=p.heads,
-                                dropout=p.dropout))
+    model = SASRec(sasrec_config(p, 1682))  # the architecture train_id builds (post-LN by default)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     model.train()
 
@@ -101,7 +102,7 @@ def evaluate_workload(items: int = 100_000, users: int = 8192, dim: int = 64) ->
     vecs = catalogue(items, dim, seed=0)
     queries = user_queries(vecs, users, seed=1)
     index, _ = build_index(vecs, "Flat", use_gpu="never")
-    batch = Params().evaluate.batch_size
+    batch = max(Params().evaluate.batch_size, blas_batch(index))  # what search_masked sends a call
     seconds = best_seconds(lambda: search_masked(index, queries, None, 10, batch), reps=2)
     return {"name": f"evaluate: FAISS Flat top-10, {users:,} users x {items:,} items x {dim}, batch {batch}",
             "flops": 2 * users * items * dim, "bytes": -(-users // batch) * items * dim * 4 + users * dim * 4,
