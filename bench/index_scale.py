@@ -1,6 +1,7 @@
 """Which FAISS index for a catalogue of N items: Recall@10 against exact search and the query speed-up over it.
 
     python bench/index_scale.py [--items 10000 100000 1000000] [--dim 64] [--queries 2000] [--threads 1] [--hnsw]
+                               [--fastscan [--refine 16]] [--deep | --nprobes 1024 1536 ...]
     python bench/index_scale.py --workspace . --model content      # the real item and user vectors of a workspace
 
 Synthetic catalogues come from molar_core.data.synthetic.catalogue (unit vectors around one topic per 100 items,
@@ -29,7 +30,7 @@ from molar_core.data.synthetic import catalogue, user_queries  # noqa: E402
 from molar_core.index import build_index, overlap_recall, set_search_params  # noqa: E402
 
 K = 10
-K_FACTOR = 16  # fast-scan candidates re-ranked exactly: k x this
+K_FACTOR = 16  # fast-scan candidates re-ranked exactly: k x this (--refine)
 
 
 def search_time(index: faiss.Index, queries: np.ndarray, repeats: int = 3) -> tuple[float, np.ndarray]:
@@ -48,7 +49,7 @@ def settings(n: int, dim: int, hnsw: bool, fastscan: bool, deep: bool = False,
     (FAISS's usual range), HNSW32; with `fastscan`, the IVF lists hold 4-bit PQ codes (2 dimensions a code,
     scanned with SIMD) and the top k x K_FACTOR of them are re-ranked exactly (RFlat): more lists probed for the
     same time. `deep`: lists of floats probed up to nlist / 8 too (by default up to 512); `nprobes`: these
-    values instead, for the lists of floats of the larger nlist only."""
+    values instead, for the larger nlist only (its lists of floats, and its fast-scan lists with `fastscan`)."""
     out = []
     for per in (4, 16):
         nlist = max(16, 1 << round(np.log2(per * n ** 0.5)))
@@ -56,6 +57,8 @@ def settings(n: int, dim: int, hnsw: bool, fastscan: bool, deep: bool = False,
         if nprobes:
             if per == 16:
                 out.append((f"IVF{nlist},Flat", "nprobe", nprobes))
+                if fastscan:
+                    out.append((f"IVF{nlist},PQ{dim // 2}x4fs,RFlat", "nprobe", nprobes))
             continue
         out.append((f"IVF{nlist},Flat", "nprobe", probes if deep else [p for p in probes if p <= 512]))
         if fastscan:
@@ -78,7 +81,7 @@ def scanned_share(index: faiss.Index, queries: np.ndarray) -> float | None:
 
 
 def run(label: str, items: np.ndarray, queries: np.ndarray, hnsw: bool, fastscan: bool,
-        deep: bool = False, nprobes: list[int] | None = None) -> list[dict]:
+        deep: bool = False, nprobes: list[int] | None = None, refine: int = K_FACTOR) -> list[dict]:
     n = len(items)
     flat, _ = build_index(items, "Flat", use_gpu="never")
     exact_s, truth = search_time(flat, queries)
@@ -87,11 +90,12 @@ def run(label: str, items: np.ndarray, queries: np.ndarray, hnsw: bool, fastscan
     for factory, param, values in settings(n, items.shape[1], hnsw, fastscan, deep, nprobes):
         nlist = int(factory[3:].split(",")[0]) if factory.startswith("IVF") else 0
         index, info = build_index(items, factory, train_sample=min(max(100_000, 20 * nlist), 300_000),
-                                  use_gpu="never", refine_k_factor=K_FACTOR)
+                                  use_gpu="never", refine_k_factor=refine)
         for v in values:
             set_search_params(index, **{param: v})
             s, got = search_time(index, queries)
-            rows.append({"catalogue": label, "index": factory, "setting": f"{param}={v}",
+            rerank = f", top {K * refine} re-ranked" if factory.endswith("RFlat") else ""
+            rows.append({"catalogue": label, "index": factory, "setting": f"{param}={v}{rerank}",
                          "build_s": info["build_seconds"], "recall": overlap_recall(truth, got),
                          "qps": len(queries) / s, "speedup": exact_s / s,
                          "scanned": scanned_share(index, queries)})
@@ -120,7 +124,8 @@ def main() -> None:
     ap.add_argument("--hnsw", action="store_true", help="also HNSW32 (slow to build on a few cores at 1e6)")
     ap.add_argument("--fastscan", action="store_true", help="also IVF with 4-bit PQ fast-scan lists + exact re-rank")
     ap.add_argument("--deep", action="store_true", help="probe lists of floats up to nlist / 8 (default: 512)")
-    ap.add_argument("--nprobes", type=int, nargs="+", help="only IVF (16 sqrt(N) lists) of floats, these nprobe")
+    ap.add_argument("--refine", type=int, default=K_FACTOR, help="fast-scan: top k x this re-ranked exactly")
+    ap.add_argument("--nprobes", type=int, nargs="+", help="only IVF with 16 sqrt(N) lists, these nprobe")
     ap.add_argument("--workspace", type=Path, default=None, help="use this workspace's vectors of --model")
     ap.add_argument("--model", default="content")
     args = ap.parse_args()
@@ -142,7 +147,7 @@ def main() -> None:
             cases.append((f"synthetic {n:,} x {args.dim}", items, user_queries(items, args.queries, seed=1)))
     for label, items, queries in cases:
         rows = run(label, np.ascontiguousarray(items, np.float32), np.ascontiguousarray(queries, np.float32),
-                   args.hnsw, args.fastscan, args.deep, args.nprobes)
+                   args.hnsw, args.fastscan, args.deep, args.nprobes, args.refine)
         print_rows(rows[:1])
         good = [r for r in rows[1:] if r["recall"] >= 0.99]
         picks.append((label, max(good, key=lambda r: r["speedup"]) if good else None))
