@@ -11,6 +11,8 @@ model of an N-epoch refit, bit for bit. The table gives per seed: the test NDCG@
 takes from early stopping on validation (with --refit-from, a bench/sweep.py folder of the same settings, whose
 results it must reproduce), the mean over the last 10 epochs, and the maximum over epochs with its epoch. The
 maximum is what a run that stops on the test metric reports; only the first column is a fair test number.
+With `--set train_id.ema_decay=D` the curve is that of the moving average of the weights, which is what such a
+refit saves.
 """
 
 from __future__ import annotations

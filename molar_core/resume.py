@@ -1,10 +1,10 @@
 """Per-epoch training state on disk, so a killed training run resumes at its next epoch with the same result.
 
 One safetensors file holds everything a bit-identical continuation needs: model and best-so-far weights, the
-AdamW moments, the torch and sampling-generator RNG states, and (as JSON metadata) the epoch, the curve, the
-early-stopping counters and the LR schedule position. It is replaced atomically after every epoch, and it carries
-a fingerprint of the run's params and data: state from other params or data is ignored and replaced, never
-resumed. No pickle: only tensors and JSON.
+AdamW moments, the moving average of the weights (`ema_decay`), the torch and sampling-generator RNG states, and
+(as JSON metadata) the epoch, the curve, the early-stopping counters and the LR schedule position. It is replaced
+atomically after every epoch, and it carries a fingerprint of the run's params and data: state from other params
+or data is ignored and replaced, never resumed. No pickle: only tensors and JSON.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class EpochState:
     finished: bool
     seconds: float
     best_state: dict[str, torch.Tensor] | None
+    average: dict[str, torch.Tensor] | None = None  # molar_core.training.WeightAverage's state
 
 
 class TrainingResume:
@@ -50,6 +51,8 @@ class TrainingResume:
         tensors = {f"model.{k}": v.detach() for k, v in model.state_dict().items()}
         if state.best_state is not None:
             tensors.update({f"best.{k}": v for k, v in state.best_state.items()})
+        if state.average is not None:
+            tensors.update({f"average.{k}": v for k, v in state.average.items()})
         opt_state = opt.state_dict()
         for pid, slots in opt_state["state"].items():
             for name, value in slots.items():
@@ -59,7 +62,7 @@ class TrainingResume:
         meta = {"fingerprint": self.fingerprint, "epoch": state.epoch, "curve": state.curve, "best": state.best,
                 "best_epoch": state.best_epoch, "stale": state.stale, "finished": state.finished,
                 "seconds": state.seconds, "scheduler": sched.state_dict(), "param_groups": opt_state["param_groups"],
-                "has_best": state.best_state is not None}
+                "has_best": state.best_state is not None, "has_average": state.average is not None}
         save_tensors(self.path, tensors, meta)
 
     def load(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched,
@@ -88,9 +91,11 @@ class TrainingResume:
         generator.set_state(tensors["rng.generator"])
         best_state = ({k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
                       if meta["has_best"] else None)
+        average = ({k[8:]: v.to(device) for k, v in tensors.items() if k.startswith("average.")}
+                   if meta.get("has_average") else None)
         self.resumed_from = int(meta["epoch"])
         return EpochState(int(meta["epoch"]), meta["curve"], float(meta["best"]), int(meta["best_epoch"]),
-                          int(meta["stale"]), bool(meta["finished"]), float(meta["seconds"]), best_state)
+                          int(meta["stale"]), bool(meta["finished"]), float(meta["seconds"]), best_state, average)
 
     def clear(self) -> None:
         """The run finished and its outputs are written: the state is no longer needed."""

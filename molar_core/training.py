@@ -6,11 +6,13 @@ A model plugs in through two callables, `loss_fn(batch_of_sequences) -> (loss, p
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +51,7 @@ class FitConfig:
     monitor: str = "ndcg@10"
     warmup_steps: int = 0
     cosine: bool = False
+    ema_decay: float = 0.0  # > 0: validate, keep and return a moving average of the weights (WeightAverage)
     precision: str = "fp32"  # fp32 | bf16: autocast the training forward (CPUs with AVX512-BF16/AMX, GPUs)
     name: str = "training"  # the stage or model named in errors
 
@@ -61,13 +64,44 @@ class FitResult:
     seconds: float = 0.0
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights, folded in after every optimiser step (`decay` per
+    step). The average of the last few hundred steps ranks better and varies less from epoch to epoch than the
+    last weights do (README, SASRec on ML-100K), so a run with `ema_decay` validates, keeps and saves it."""
+
+    def __init__(self, model: nn.Module, decay: float, state: dict[str, torch.Tensor] | None = None):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.state = state if state is not None else {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.state[k].lerp_(v, 1.0 - self.decay)
+            else:
+                self.state[k].copy_(v)
+
+    @contextmanager
+    def applied(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Inside the block the model holds the average; after it, its own weights again."""
+        own = copy.deepcopy(model.state_dict())
+        model.load_state_dict(self.state)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(own)
+
+
 def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, validate: Callable[[], dict] | None,
         cfg: FitConfig, generator: torch.Generator, progress: Callable[[dict], None] | None = None,
         resume: TrainingResume | None = None) -> FitResult:
     """Train with AdamW (lazy Adam on embedding tables with sparse gradients, molar_core.optim), validate each
     epoch, stop after `patience` epochs without improvement of `cfg.monitor`, and leave the model in its best
     state. Without `validate` (a refit on data that includes the validation targets), train exactly
-    `cfg.max_epochs` epochs and keep the last state. With `resume`, the state after every epoch is saved and a
+    `cfg.max_epochs` epochs and keep the last state. With `cfg.ema_decay`, "state" is the moving average of the
+    weights (WeightAverage): it is what is validated, kept as best and left in the model. With `resume`, the state after every epoch is saved and a
     killed run continues from its last finished epoch, giving the same result as an uninterrupted one."""
     if sparse_parameters(model):  # embedding tables with sparse gradients: lazy Adam on their rows
         opt = AdamWLazyEmbeddings(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -88,9 +122,12 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     st = EpochState(epoch=0, curve=[], best=-math.inf, best_epoch=0, stale=0, finished=False, seconds=0.0,
-                    best_state=None)
+                    best_state=None, average=None)
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
     if resume is not None:
         st = resume.load(model, opt, sched, generator) or st
+        if average is not None and st.average is not None:
+            average = WeightAverage(model, cfg.ema_decay, st.average)
     start = time.perf_counter() - st.seconds
     for epoch in range(st.epoch + 1, cfg.max_epochs + 1):
         if st.finished:
@@ -111,13 +148,15 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
             loss.backward()
             opt.step()
             sched.step()
+            if average is not None:
+                average.update(model)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
         row = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}}
         model.eval()
         metrics: dict[str, float] = {}
         if validate is not None:
-            with torch.no_grad():
+            with torch.no_grad(), (average.applied(model) if average is not None else contextlib.nullcontext()):
                 metrics = validate()
         row.update({f"valid_{k}": v for k, v in metrics.items()})
         row["seconds"] = time.perf_counter() - t0
@@ -129,15 +168,18 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
             st.best_epoch = epoch
         elif (score := metrics[cfg.monitor]) > st.best:
             st.best, st.best_epoch, st.stale = score, epoch, 0
-            st.best_state = copy.deepcopy(model.state_dict())
+            st.best_state = copy.deepcopy(average.state if average is not None else model.state_dict())
         else:
             st.stale += 1
             st.finished = st.stale >= cfg.patience and epoch >= cfg.min_epochs
         if resume is not None:
             st.seconds = time.perf_counter() - start
+            st.average = average.state if average is not None else None
             resume.save(model, opt, sched, generator, st)
     if st.best_state is not None:
         model.load_state_dict(st.best_state)
+    elif average is not None:  # no validation: the average after the last epoch
+        model.load_state_dict(average.state)
     best_metrics = {k[len("valid_"):]: v for k, v in st.curve[st.best_epoch - 1].items() if k.startswith("valid_")}
     return FitResult(st.best_epoch, best_metrics, st.curve, time.perf_counter() - start)
 

@@ -124,6 +124,8 @@ class UserModelParams(Section):
     threads: int = Field(0, ge=0)  # torch threads; 0 = torch's default
     device: str = "auto"  # auto | cpu | cuda
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast training (faster where the CPU/GPU has bf16)
+    # > 0: a moving average of the weights (this decay per step) is what is validated, early-stopped and saved
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     # after early stopping, train a fresh model (same seed) for the best epoch count on the training items plus
     # each user's validation item, and save that one: the test item's predecessor is then a trained target
     refit: bool = False

@@ -96,7 +96,7 @@ def fit_config(p: UserModelParams, monitor: str, name: str, max_epochs: int | No
     """The training loop's settings from a user model's params section."""
     return FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
                      max_epochs=max_epochs or p.max_epochs, patience=p.patience, min_epochs=p.min_epochs,
-                     precision=p.precision, monitor=monitor, name=name)
+                     precision=p.precision, ema_decay=p.ema_decay, monitor=monitor, name=name)
 
 
 def refit(build: Callable[[torch.Generator], tuple[nn.Module, Callable]], test: pl.DataFrame, p: UserModelParams,
