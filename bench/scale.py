@@ -31,7 +31,7 @@ from bench.stage_process import run_stage  # noqa: E402
 from molar_core.data.synthetic import interaction_tables  # noqa: E402
 from molar_core.encoders.tiny import build_tiny_sentence_encoder  # noqa: E402
 from molar_core.io import read_json, write_json_atomic  # noqa: E402
-from pipeline.params import dotted_overrides, load_params  # noqa: E402
+from pipeline.params import deep_merge, dotted_overrides, load_params  # noqa: E402
 
 MODELS = ["sasrec", "molar"]
 STAGES = [("prepare", []), ("embed", []), ("train_id", []), ("train@molar", ["molar"]), ("index", []),
@@ -63,9 +63,7 @@ def write_workspace(ws: Path, items: int, users: int, threads: int, seed: int, e
     encoder = ws.parent / "tiny-bert"
     if not (encoder / "config.json").exists():
         build_tiny_sentence_encoder(encoder)
-    over = scale_overrides(threads, encoder.resolve())
-    for section, values in (extra or {}).items():
-        over[section] = {**over.get(section, {}), **values}
+    over = deep_merge(scale_overrides(threads, encoder.resolve()), extra or {})
     params = load_params(ROOT / "params.yaml", overrides=over)
     (ws / "params.yaml").write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
 

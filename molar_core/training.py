@@ -124,11 +124,9 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     st = EpochState(epoch=0, curve=[], best=-math.inf, best_epoch=0, stale=0, finished=False, seconds=0.0,
                     best_state=None, average=None)
-    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
     if resume is not None:
         st = resume.load(model, opt, sched, generator) or st
-        if average is not None and st.average is not None:
-            average = WeightAverage(model, cfg.ema_decay, st.average)
+    average = WeightAverage(model, cfg.ema_decay, st.average) if cfg.ema_decay else None  # resumed, or fresh
     start = time.perf_counter() - st.seconds
     for epoch in range(st.epoch + 1, cfg.max_epochs + 1):
         if st.finished:
