@@ -19,12 +19,17 @@ def gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
-def build_index(vectors: np.ndarray, factory: str = "Flat", train_sample: int = 100_000, nprobe: int = 16,
-                use_gpu: str = "auto", seed: int = 0, ef_search: int = 64,
-                refine_k_factor: int = 1) -> tuple[faiss.Index, dict]:
+# Search settings where the index has them and none is given: FAISS's nprobe default (1) probes too few lists
+SEARCH_DEFAULTS = {"nprobe": 16, "efSearch": 64, "k_factor_rf": 1}
+
+
+def build_index(vectors: np.ndarray, factory: str = "Flat", train_sample: int = 100_000, nprobe: int | None = None,
+                use_gpu: str = "auto", seed: int = 0, ef_search: int | None = None,
+                refine_k_factor: int | None = None) -> tuple[faiss.Index, dict]:
     """Build an inner-product index from a factory string; returns (cpu index, build info). The search settings
-    (IVF nprobe, HNSW efSearch, the k x refine_k_factor candidates a `,RFlat` index re-ranks exactly) are stored
-    in the index, so a saved index searches as it was benchmarked."""
+    (IVF nprobe, HNSW efSearch, the k x refine_k_factor candidates a `,RFlat` index re-ranks exactly; None:
+    SEARCH_DEFAULTS) are stored in the index, so a saved index searches as it was benchmarked. The build info
+    records the value each one has in the index, None where the index type has no such setting."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
     t0 = time.perf_counter()
@@ -39,21 +44,26 @@ def build_index(vectors: np.ndarray, factory: str = "Flat", train_sample: int = 
         work.train(sample)
     work.add(vectors)
     index = faiss.index_gpu_to_cpu(work) if on_gpu else work
-    set_search_params(index, nprobe=nprobe, efSearch=ef_search, k_factor_rf=refine_k_factor)
+    given = {"nprobe": nprobe, "efSearch": ef_search, "k_factor_rf": refine_k_factor}
+    applied = set_search_params(index, **{k: SEARCH_DEFAULTS[k] if v is None else v for k, v in given.items()})
     info = {"factory": factory, "metric": "inner_product", "ntotal": int(index.ntotal), "dim": d,
-            "built_on_gpu": on_gpu, "build_seconds": time.perf_counter() - t0, "nprobe": nprobe,
-            "ef_search": ef_search, "refine_k_factor": refine_k_factor}
+            "built_on_gpu": on_gpu, "build_seconds": time.perf_counter() - t0, "nprobe": applied.get("nprobe"),
+            "ef_search": applied.get("efSearch"), "refine_k_factor": applied.get("k_factor_rf")}
     return index, info
 
 
-def set_search_params(index: faiss.Index, **values: int) -> None:
-    """Set FAISS search parameters (nprobe, efSearch, ...) that the index type has; the others do not apply."""
+def set_search_params(index: faiss.Index, **values: int) -> dict[str, int]:
+    """Set FAISS search parameters (nprobe, efSearch, ...) that the index type has; the others do not apply.
+    Returns those that were set."""
     space = faiss.ParameterSpace()
+    applied = {}
     for name, value in values.items():
         try:
             space.set_index_parameter(index, name, value)
+            applied[name] = value
         except RuntimeError:
             pass  # e.g. nprobe on Flat or HNSW, efSearch on IVF
+    return applied
 
 
 def save_index(index: faiss.Index, path: str | Path) -> None:

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import numpy as np
 
+METRIC_NAMES = ("ndcg", "recall", "mrr")  # per_user_metrics gives each at every K, keyed "name@K"
+
 
 def per_user_metrics(ranks: np.ndarray, ks: list[int]) -> dict[str, np.ndarray]:
-    """ranks: 0-based rank of each user's target (>= len(list) or inf when not retrieved)."""
+    """ranks: 0-based rank of each user's target (any rank >= K, or inf, scores 0 at K)."""
     ranks = np.asarray(ranks, dtype=np.float64)
     out = {}
     for k in ks:
         hit = ranks < k
-        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0) + 2.0), 0.0)
-        out[f"recall@{k}"] = hit.astype(np.float64)
-        out[f"mrr@{k}"] = np.where(hit, 1.0 / (np.where(hit, ranks, 0) + 1.0), 0.0)
+        scores = {"ndcg": np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0) + 2.0), 0.0),
+                  "recall": hit.astype(np.float64),
+                  "mrr": np.where(hit, 1.0 / (np.where(hit, ranks, 0) + 1.0), 0.0)}
+        out.update({f"{name}@{k}": scores[name] for name in METRIC_NAMES})
     return out
 
 

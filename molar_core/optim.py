@@ -10,8 +10,21 @@ checkpointing (molar_core.resume) and the training loop see a plain torch optimi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
+
+
+def weight_decay_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
+    """AdamW parameter groups of the trainable `params`: weight matrices and embedding tables (ndim >= 2) decay;
+    biases, norm gains and scalars such as Molar's learnable logit scale (ndim < 2) do not. Decay on those is no
+    capacity penalty: it pulls a LayerNorm's output scale toward 0 and the logit scale toward temperature 1.
+    Empty groups are left out."""
+    params = [p for p in params if p.requires_grad]
+    groups = ({"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
 
 
 def sparse_parameters(model: nn.Module) -> set[int]:
@@ -20,8 +33,9 @@ def sparse_parameters(model: nn.Module) -> set[int]:
 
 
 class AdamWLazyEmbeddings(torch.optim.Optimizer):
-    """AdamW over the dense parameters, SparseAdam over the sparse embedding tables, with one state dict whose
-    parameter numbering is the model's parameter order, as a single torch optimiser's would be."""
+    """AdamW over the dense parameters (no decay on biases, norm gains and scalars: weight_decay_groups),
+    SparseAdam over the sparse embedding tables, with one state dict whose parameter numbering is the model's
+    parameter order, as a single torch optimiser's would be."""
 
     def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0):
         params = [p for p in model.parameters() if p.requires_grad]
@@ -32,7 +46,8 @@ class AdamWLazyEmbeddings(torch.optim.Optimizer):
         if sparse_params and weight_decay:
             raise ValueError("weight decay is not applied to sparse embedding tables: set weight_decay to 0 "
                              "or turn off sparse updates")
-        self.dense = torch.optim.AdamW(dense_params, lr=lr, weight_decay=weight_decay) if dense_params else None
+        self.dense = (torch.optim.AdamW(weight_decay_groups(dense_params, weight_decay), lr=lr,
+                                        weight_decay=weight_decay) if dense_params else None)
         self.sparse = torch.optim.SparseAdam(sparse_params, lr=lr) if sparse_params else None
         self._inner = [o for o in (self.dense, self.sparse) if o is not None]
         super().__init__(params, {"lr": lr})

@@ -1,5 +1,5 @@
-"""Exact full ranking in torch: the reference the FAISS path is tested against, and the fast validation
-used for early stopping. History items are masked unless the protocol says otherwise."""
+"""Exact full ranking in torch: what the evaluate stage and the validation used for early stopping rank with,
+and the reference the FAISS path is tested against. History items are masked unless the protocol says otherwise."""
 
 from __future__ import annotations
 
@@ -43,8 +43,10 @@ def score_blocks(users: torch.Tensor, items: torch.Tensor, histories: list[list[
 
 def target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list[list[int]] | None,
                  targets: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-    """0-based rank of each target among the unmasked items (number of items scoring strictly higher).
-    NaN vectors are refused: a NaN score is never higher than another, so every target would rank first."""
+    """0-based rank of each target among the unmasked items, ties ranked pessimistically: the number of other
+    unmasked items scoring at least as high as the target. Counting only strictly higher items would put every
+    target first under a collapsed model (all scores equal) and ahead of items with identical vectors (identical
+    item text). NaN vectors are refused: NaN compares false, so every target would rank first."""
     for name, v in (("user", users), ("item", items)):
         if not bool(torch.isfinite(v).all()):
             raise ValueError(f"{name} vectors contain NaN or inf: ranks would be meaningless")
@@ -52,14 +54,15 @@ def target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list[list[
     # tensor converts every element to int64 and took 8x longer than the comparison (bench/ranking.py). Float32
     # sums of 0/1 are exact integers while they stay below 2**24, so larger catalogues count the slow way.
     float_count = items.shape[0] < FLOAT_COUNT_LIMIT
-    out, higher = [], None
+    # Both counts include the target itself (its score equals itself; scores are finite), hence the - 1.
+    out, at_least = [], None
     for s, sc in score_blocks(users, items, histories, chunk):
         t = sc.gather(1, (targets[s:s + len(sc)] - 1).unsqueeze(1).to(sc.device))
         if float_count:
-            higher = torch.empty(sc.shape, device=sc.device) if higher is None else higher
-            out.append(torch.gt(sc, t, out=higher[:len(sc)]).sum(1).long().cpu())
+            at_least = torch.empty(sc.shape, device=sc.device) if at_least is None else at_least
+            out.append(torch.ge(sc, t, out=at_least[:len(sc)]).sum(1).long().cpu() - 1)
         else:
-            out.append((sc > t).sum(1).cpu())
+            out.append((sc >= t).sum(1).cpu() - 1)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from molar_core.data.sequences import pad_left
 from molar_core.errors import TrainingError
 from molar_core.metrics import mean_metrics, per_user_metrics
-from molar_core.optim import AdamWLazyEmbeddings, sparse_parameters
+from molar_core.optim import AdamWLazyEmbeddings, sparse_parameters, weight_decay_groups
 from molar_core.ranking import target_ranks
 from molar_core.resume import EpochState, TrainingResume
 
@@ -47,12 +47,41 @@ class FitConfig:
     max_epochs: int = 200
     patience: int = 10
     min_epochs: int = 1
+    stop_window: int = 1  # patience counts epochs since the best running mean of this many validation values
     monitor: str = "ndcg@10"
-    warmup_steps: int = 0
-    cosine: bool = False
+    warmup_steps: int = 0  # the first steps' learning rate rises linearly to lr (lr_factor)
+    cosine: bool = False  # then decays to 0 by a half cosine over the rest of max_epochs' steps
     ema_decay: float = 0.0  # > 0: validate, keep and return a moving average of the weights (WeightAverage)
     precision: str = "fp32"  # fp32 | bf16: autocast the training forward (CPUs with AVX512-BF16/AMX, GPUs)
     name: str = "training"  # the stage or model named in errors
+
+
+def epochs_since_best(values: list[float], window: int = 1) -> int:
+    """Epochs since the running mean of the last `window` values last rose to a new maximum (window 1: since the
+    best value). Early stopping counts patience on it: one lucky epoch in a noisy validation curve moves the
+    mean by 1/window of its luck, so a run is not ended by the noise of a few hundred validation users."""
+    if window < 1:
+        raise ValueError(f"stop_window must be >= 1, got {window}")
+    if len(values) < window:  # the mean exists once `window` epochs have run: no stopping before that
+        return 0
+    best, best_at = -math.inf, 0
+    for i in range(window - 1, len(values)):
+        mean = sum(values[i + 1 - window:i + 1]) / window
+        if mean > best:
+            best, best_at = mean, i
+    return len(values) - 1 - best_at
+
+
+def lr_factor(step: int, warmup_steps: int, cosine: bool, total_steps: int) -> float:
+    """The learning rate of optimiser step `step` (0-based) as a fraction of lr: (step + 1) / warmup_steps during
+    the warm-up (so the first step already moves), then 1, or with `cosine` 0.5 (1 + cos(pi t)) where t runs from
+    0 at the end of the warm-up to 1 at `total_steps`: the paper's recipe is warm-up then cosine decay."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if not cosine:
+        return 1.0
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1 + math.cos(math.pi * t))
 
 
 @dataclass
@@ -94,7 +123,10 @@ class WeightAverage:
             model.load_state_dict(own)
 
 
-def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, validate: Callable[[], dict] | None,
+Windows = list[list[int]] | Callable[[torch.Generator | None], list[list[int]]]
+
+
+def fit(model: nn.Module, train_seqs: Windows, loss_fn: Callable, validate: Callable[[], dict] | None,
         cfg: FitConfig, generator: torch.Generator, progress: Callable[[dict], None] | None = None,
         resume: TrainingResume | None = None) -> FitResult:
     """Train with AdamW (lazy Adam on embedding tables with sparse gradients, molar_core.optim), validate each
@@ -103,25 +135,24 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
     `cfg.max_epochs` epochs and keep the last state. With `cfg.ema_decay`, "state" is the moving average of the
     weights (WeightAverage): it is what is validated, kept as best and left in the model. With `resume`, the
     state after every epoch is saved and a killed run continues from its last finished epoch, giving the same
-    result as an uninterrupted one."""
+    result as an uninterrupted one. `train_seqs` is a list of windows, or a function of the generator called
+    at the start of every epoch for that epoch's windows (EpochWindows: a new random phase each epoch; called
+    with None for the cut that sizes the learning-rate schedule)."""
     if sparse_parameters(model):  # embedding tables with sparse gradients: lazy Adam on their rows
         opt = AdamWLazyEmbeddings(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(weight_decay_groups(model.parameters(), cfg.weight_decay), lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
     device_type = next(model.parameters()).device.type
-    steps_per_epoch = math.ceil(len(train_seqs) / cfg.batch_size)
+    windows_for = train_seqs if callable(train_seqs) else lambda _generator: train_seqs
+    steps_per_epoch = math.ceil(len(windows_for(None)) / cfg.batch_size)  # the cut without a random phase
     total = steps_per_epoch * cfg.max_epochs
 
-    def lr_factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.cosine:
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
-        return 1.0
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    if cfg.warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg.warmup_steps, cfg.cosine, total))
     st = EpochState(epoch=0, curve=[], best=-math.inf, best_epoch=0, stale=0, finished=False, seconds=0.0,
                     best_state=None, average=None)
     if resume is not None:
@@ -133,10 +164,11 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
             break
         model.train()
         t0 = time.perf_counter()
-        order = torch.randperm(len(train_seqs), generator=generator).tolist()
+        seqs = windows_for(generator)  # a new cut each epoch when the windows have a random phase
+        order = torch.randperm(len(seqs), generator=generator).tolist()
         sums: dict[str, float] = {}
         for s in range(0, len(order), cfg.batch_size):
-            batch = [train_seqs[i] for i in order[s:s + cfg.batch_size]]
+            batch = [seqs[i] for i in order[s:s + cfg.batch_size]]
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 loss, parts = loss_fn(batch)
             if not torch.isfinite(loss):  # stop here: NaN weights would rank every target first (NDCG 1)
@@ -151,7 +183,7 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
                 average.update(model)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
-        row = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}}
+        row = {"epoch": epoch, **{k: v / math.ceil(len(seqs) / cfg.batch_size) for k, v in sums.items()}}
         model.eval()
         metrics: dict[str, float] = {}
         if validate is not None:
@@ -165,11 +197,11 @@ def fit(model: nn.Module, train_seqs: list[list[int]], loss_fn: Callable, valida
         st.epoch = epoch
         if validate is None:
             st.best_epoch = epoch
-        elif (score := metrics[cfg.monitor]) > st.best:
-            st.best, st.best_epoch, st.stale = score, epoch, 0
-            st.best_state = copy.deepcopy(average.state if average is not None else model.state_dict())
         else:
-            st.stale += 1
+            if (score := metrics[cfg.monitor]) > st.best:  # the weights kept: the best validation epoch
+                st.best, st.best_epoch = score, epoch
+                st.best_state = copy.deepcopy(average.state if average is not None else model.state_dict())
+            st.stale = epochs_since_best([r[f"valid_{cfg.monitor}"] for r in st.curve], cfg.stop_window)
             st.finished = st.stale >= cfg.patience and epoch >= cfg.min_epochs
         if resume is not None:
             st.seconds = time.perf_counter() - start

@@ -7,12 +7,17 @@ before any work starts, with the key's dotted name in the message (see `load_par
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_serializer, model_validator)
 
 from molar_core.errors import MolarError
+from molar_core.metrics import METRIC_NAMES
+from molar_core.models.content import ContentConfig
+from molar_core.models.molar import MolarLossConfig
+from molar_core.models.sasrec import SASRecConfig
 
 GROUPLENS_ML100K = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 
@@ -94,7 +99,7 @@ class ProtocolParams(Section):
 
     masking: Literal["history", "none"] = "history"  # "none" is RecBole's protocol
     ks: list[int] = [10, 20, 50]
-    early_stop_metric: str = "ndcg@10"
+    early_stop_metric: str = Field("ndcg@10", validate_default=True)  # ndcg, recall or mrr at a K of ks
 
     @field_validator("ks")
     @classmethod
@@ -103,24 +108,51 @@ class ProtocolParams(Section):
             raise ValueError("ks must be a non-empty list of positive integers")
         return sorted(set(ks))
 
+    @field_validator("early_stop_metric")
+    @classmethod
+    def _computed_by_validation(cls, metric: str, info: ValidationInfo) -> str:
+        """Validation computes only these metrics at these Ks: any other name failed after the first epoch."""
+        if "ks" not in info.data:  # ks itself is invalid, and reported
+            return metric
+        allowed = [f"{name}@{k}" for k in info.data["ks"] for name in METRIC_NAMES]
+        if metric not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)} (ndcg, recall or mrr at a K of protocol.ks)")
+        return metric
+
+
+Positive = Annotated[int, Field(ge=1)]
+Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
+
 
 class UserModelParams(Section):
-    """What every trained user model shares: its transformer, optimiser, early stopping and seed."""
+    """What every trained user model shares: its transformer, optimiser, early stopping and seed.
+
+    The model's defaults are molar_core's config dataclasses' (SASRecConfig here and for train_id, ContentConfig
+    and MolarLossConfig for train), so the library and the pipeline build the same model by default.
+    """
 
     seed: int = 0
-    max_len: int = Field(50, ge=1)  # history positions the model reads (longer histories: the most recent)
+    max_len: Positive = SASRecConfig.max_len  # history positions the model reads (longer: the most recent)
     window_overlap: int = Field(0, ge=0)  # items shared by consecutive training windows of a long history
     windows: Literal["all", "newest"] = "all"  # newest: train on each user's last max_len + 1 items only
-    dim: int = Field(64, ge=1)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(2, ge=1)
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # random: the windows before each user's newest one are cut at a new random phase every epoch
+    window_phase: Literal["fixed", "random"] = "fixed"
+    dim: Positive = SASRecConfig.dim
+    layers: Positive = SASRecConfig.layers
+    heads: Positive = SASRecConfig.heads
+    dropout: Rate = SASRecConfig.dropout
     lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)  # AdamW's, on weight matrices and embedding tables (not on biases,
+    #                                           norm gains or the logit scale: molar_core.optim.weight_decay_groups)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr decays to 0 by a half cosine over the
+    #                                           steps of max_epochs after the warm-up (a refit: over its epochs)
+    warmup_steps: int = Field(0, ge=0)  # the first optimiser steps' lr rises linearly to lr (step k: (k+1)/this)
     batch_size: int = Field(128, ge=1)
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1)  # epochs without validation improvement before stopping
     min_epochs: int = Field(1, ge=1)
+    # patience counts epochs since the best running mean of this many validation values (1: the best value)
+    stop_window: int = Field(1, ge=1)
     threads: int = Field(0, ge=0)  # torch threads; 0 = torch's default
     device: str = "auto"  # auto | cpu | cuda
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast training (faster where the CPU/GPU has bf16)
@@ -138,14 +170,42 @@ class UserModelParams(Section):
             raise ValueError(f"window_overlap ({self.window_overlap}) must be below max_len ({self.max_len})")
         return self
 
+    def ignored_keys(self) -> dict[str, str]:
+        """Keys these settings do not read, each with the reason: written out they would silently do nothing."""
+        return {}
+
+    @model_validator(mode="after")
+    def _no_ignored_keys(self) -> "UserModelParams":
+        """Refuse a key the user wrote (model_fields_set) with a value other than its default, when the other
+        settings make it ignored: a default written out (params.yaml lists them) changes nothing, so switching
+        e.g. `rec_loss` with `dvc exp run -S` does not also need lines deleted."""
+        reasons: dict[str, list[str]] = {}
+        for key, why in self.ignored_keys().items():
+            if key in self.model_fields_set and getattr(self, key) != type(self).model_fields[key].default:
+                reasons.setdefault(why, []).append(key)
+        if reasons:
+            raise ValueError("; ".join(f"{', '.join(keys)}: {why}; remove {'them' if len(keys) > 1 else 'it'}"
+                                       for why, keys in reasons.items()))
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump_read_keys(self, handler):
+        """A dump holds only the keys these settings read, so that it validates again as these settings."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in self.ignored_keys():
+                data.pop(key, None)
+        return data
+
 
 class TrainIdParams(UserModelParams):
     """SASRec (strong variant: full cross-entropy at every position)."""
 
-    norm: Literal["pre", "post"] = "post"  # post: RecBole's post-LN encoder and init (better on ML-100K); pre: pre-LN
+    norm: Literal["pre", "post"] = SASRecConfig.norm  # post: RecBole's post-LN encoder and init (better on
+    #                                                    ML-100K); pre: pre-LN
 
     loss: Literal["ce", "sampled_softmax"] = "ce"
-    num_negatives: int = Field(256, ge=1)  # for sampled_softmax
+    num_negatives: int = Field(256, ge=1)  # read by loss sampled_softmax only
     lr: float = Field(2e-3, gt=0.0)
     # sampled_softmax only: the item table gets sparse gradients and lazy Adam (only the rows a step uses move)
     sparse_item_updates: bool = False
@@ -160,6 +220,11 @@ class TrainIdParams(UserModelParams):
                              "weight_decay: 0")
         return self
 
+    def ignored_keys(self) -> dict[str, str]:
+        if self.loss == "ce":
+            return {"num_negatives": "read by loss sampled_softmax only (loss is ce: every item is a negative)"}
+        return {}
+
 
 class TrainParams(UserModelParams):
     """The content user model over cached item vectors, with post-alignment to SASRec (the `train` stage).
@@ -168,21 +233,27 @@ class TrainParams(UserModelParams):
     keys (e.g. content: {align_alpha: 0}); each is written to artifacts/<name>/.
     """
 
-    adapter_hidden: int = Field(256, ge=1)
-    hybrid: bool = False  # add a learnable item-id embedding to the adapted content vector
-    norm: Literal["pre", "post"] = "post"  # the small user transformer's layout: as SASRec's (post), or pre-LN
-    user_encoder: Literal["small", "llm"] = "small"  # llm: the layers of a pretrained decoder LLM (GPU users)
-    llm_model: str | None = None  # user_encoder llm: HF id or local dir of a causal LM; dim = its hidden size
-    llm_layers: int | None = Field(None, ge=1)  # keep only the LLM's first N layers
-    rec_loss: Literal["infonce", "bce", "ce"] = "infonce"
-    num_negatives: int | None = Field(None, ge=1)  # null: the whole catalogue is negatives
-    temperature: float = Field(0.07, gt=0.0)
-    align_alpha: float = Field(0.0, ge=0.0)
-    align_tau: float = Field(0.2, gt=0.0)
-    align_positions: Literal["last", "all"] = "last"
-    align_head: bool = True
-    align_items: bool = False
-    joint: bool = False  # train SASRec jointly instead of keeping it frozen
+    max_len: Positive = ContentConfig.max_len
+    dim: Positive = ContentConfig.dim  # user_encoder llm: the LLM's hidden size instead
+    layers: Positive = ContentConfig.layers
+    heads: Positive = ContentConfig.heads
+    dropout: Rate = ContentConfig.dropout
+    adapter_hidden: Positive = ContentConfig.adapter_hidden
+    hybrid: bool = ContentConfig.hybrid  # add a learnable item-id embedding to the adapted content vector
+    norm: Literal["pre", "post"] = ContentConfig.norm  # the small user transformer: as SASRec's (post), or pre-LN
+    user_encoder: Literal["small", "llm"] = ContentConfig.user_encoder  # llm: a pretrained decoder LLM's layers
+    llm_model: str | None = ContentConfig.llm_model  # user_encoder llm: HF id or local dir of a causal LM
+    llm_layers: int | None = Field(ContentConfig.llm_layers, ge=1)  # user_encoder llm: keep the first N layers
+    rec_loss: Literal["infonce", "bce", "ce"] = MolarLossConfig.rec_loss
+    # rec_loss infonce only: null = the whole catalogue is negatives; the initial (learnable) temperature
+    num_negatives: int | None = Field(MolarLossConfig.num_negatives, ge=1)
+    temperature: float = Field(MolarLossConfig.temperature, gt=0.0)
+    align_alpha: float = Field(MolarLossConfig.align_alpha, ge=0.0)
+    align_tau: float = Field(MolarLossConfig.align_tau, gt=0.0)
+    align_positions: Literal["last", "all"] = MolarLossConfig.align_positions
+    align_head: bool = MolarLossConfig.align_head
+    align_items: bool = MolarLossConfig.align_items
+    joint: bool = MolarLossConfig.joint  # train SASRec jointly (full cross-entropy) instead of keeping it frozen
 
     @model_validator(mode="after")
     def _llm_needs_a_model(self) -> "TrainParams":
@@ -190,29 +261,73 @@ class TrainParams(UserModelParams):
             raise ValueError("user_encoder llm needs llm_model (an HF id or a local causal-LM directory)")
         return self
 
+    @model_validator(mode="after")
+    def _joint_needs_alignment(self) -> "TrainParams":
+        """Only the alignment loss connects a jointly trained SASRec to the content model."""
+        if self.joint and not self.align_alpha:
+            raise ValueError("joint: true with align_alpha 0 trains a SASRec that nothing connects to the content "
+                             "model; set align_alpha above 0, or joint: false")
+        return self
+
+    def ignored_keys(self) -> dict[str, str]:
+        out = {}
+        if self.rec_loss != "infonce":
+            out |= dict.fromkeys(("num_negatives", "temperature"),
+                                 f"read by rec_loss infonce only (rec_loss is {self.rec_loss})")
+        if self.user_encoder == "llm":
+            out |= dict.fromkeys(("dim", "layers", "heads"), "user_encoder llm: the LLM's width, layers and heads "
+                                 "decide (llm_layers keeps its first N layers)")
+        else:
+            out["llm_layers"] = "read by user_encoder llm only (user_encoder is small)"
+        return out
+
     def with_overrides(self, name: str, over: dict) -> "TrainParams":
-        """The settings of variant `name`: these keys with its overrides applied (errors name the variant)."""
+        """The settings of variant `name`: the keys written in this section with its overrides on top, so that
+        a key counts as set (model_fields_set) only where the user wrote it (errors name the variant)."""
         try:
-            return TrainParams.model_validate({**self.model_dump(), **over})
+            return TrainParams.model_validate({**self.model_dump(exclude_unset=True), **over})
         except ValidationError as err:
             e = err.errors()[0]
             key = ".".join(str(x) for x in e["loc"])
-            raise ValueError(f"train_variants.{name}.{key}: {e['msg']} (got {e.get('input')!r})") from None
+            msg = e["msg"].removeprefix("Value error, ")
+            if not key:  # a check across keys: its message names them
+                raise ValueError(f"train_variants.{name}: {msg} (in the train section or this variant)") from None
+            raise ValueError(f"train_variants.{name}.{key}: {msg} (got {e.get('input')!r})") from None
+
+
+SEARCH_STRUCTURE = {"nprobe": ("IVF",), "ef_search": ("HNSW",), "refine_k_factor": ("RFlat", "Refine")}
 
 
 class IndexParams(Section):
+    """The FAISS index `molar recommend` and `molar report` search (evaluation ranks exactly, without it).
+
+    The search settings are null by default: 16 / 64 / 1 where the factory has IVF / HNSW / RFlat or Refine.
+    Set explicitly, each needs that structure in the factory: FAISS would silently ignore it otherwise."""
+
     factory: str = "Flat"  # FAISS index factory string; inner product metric
     use_gpu: Literal["auto", "never", "always"] = "auto"
     train_sample: int = Field(100_000, ge=1)  # vectors used to train IVF/PQ indexes
-    nprobe: int = Field(16, ge=1)  # IVF: lists searched per query (recall vs speed: bench/index_scale.py)
-    ef_search: int = Field(64, ge=1)  # HNSW: candidate list size at search time
-    refine_k_factor: int = Field(1, ge=1)  # ",RFlat" indexes: k x this candidates re-ranked by exact scores
+    nprobe: int | None = Field(None, ge=1)  # IVF: lists searched per query (recall vs speed: bench/index_scale.py)
+    ef_search: int | None = Field(None, ge=1)  # HNSW: candidate list size at search time
+    refine_k_factor: int | None = Field(None, ge=1)  # ",RFlat" indexes: k x this candidates re-ranked by exact scores
     models: list[str] = ["sasrec"]
+
+    @field_validator("nprobe", "ef_search", "refine_k_factor")
+    @classmethod
+    def _factory_has_it(cls, value: int | None, info: ValidationInfo) -> int | None:
+        needs = SEARCH_STRUCTURE[info.field_name]
+        factory = info.data.get("factory")
+        if value is not None and factory is not None and not any(n in factory for n in needs):
+            raise ValueError(f"applies only to factories with {' or '.join(needs)}; factory {factory!r} has none "
+                             f"(set index.{info.field_name} to null)")
+        return value
 
 
 class EvaluateParams(Section):
+    """Exact full ranking (molar_core.ranking, as validation in training) of every model's valid and test users."""
+
     models: list[str] = ["sasrec"]
-    batch_size: int = Field(1024, ge=1)
+    batch_size: int = Field(1024, ge=1)  # users ranked at once (fewer where users x items scores pass 256 MiB)
 
 
 class EmbedParams(Section):
@@ -338,6 +453,7 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _check_variants(self) -> "Params":
+        self._check_joint("train", self.train)
         for name, over in self.train_variants.items():
             if not name.isidentifier() or name in ("sasrec", "index", "embeddings"):
                 raise ValueError(f"train_variants: name {name!r} must be an identifier other than "
@@ -347,8 +463,15 @@ class Params(Section):
             unknown = set(over) - set(TrainParams.model_fields)
             if unknown:
                 raise ValueError(f"train_variants.{name}.{sorted(unknown)[0]}: unknown key")
-            self.train.with_overrides(name, over)
+            self._check_joint(f"train_variants.{name}", self.train.with_overrides(name, over))
         return self
+
+    def _check_joint(self, where: str, train: TrainParams) -> None:
+        """Joint training fits SASRec with full cross-entropy whatever train_id.loss says: refuse a loss it
+        would ignore (each variant is checked, since a variant may turn joint on)."""
+        if train.joint and self.train_id.loss != "ce":
+            raise ValueError(f"{where}: joint: true trains SASRec with full cross-entropy, not train_id.loss "
+                             f"{self.train_id.loss}; set train_id.loss: ce, or joint: false")
 
     def train_variant(self, name: str) -> TrainParams:
         if name not in self.train_variants:

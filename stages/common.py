@@ -21,7 +21,7 @@ from torch import nn
 
 from molar_core.checkpoint import Checkpoint, open_checkpoint
 from molar_core.data.processing import check_prepared
-from molar_core.data.sequences import training_windows
+from molar_core.data.sequences import EpochWindows, training_windows
 from molar_core.errors import ArtifactError, MolarError
 from molar_core.io import read_json, sha256_file, write_bytes_atomic
 from molar_core.resume import TrainingResume
@@ -87,15 +87,21 @@ def full_sequences(test: pl.DataFrame) -> list[list[int]]:
     return [h + [t] for h, t in zip(test["history"].to_list(), test["target"].to_list())]
 
 
-def training_sequences(sequences: list[list[int]], p: UserModelParams) -> list[list[int]]:
-    """A user model's training windows, cut as its params say (one place for both training stages)."""
+def training_sequences(sequences: list[list[int]], p: UserModelParams) -> list[list[int]] | EpochWindows:
+    """A user model's training windows, cut as its params say (one place for both training stages): one fixed
+    cut, or with `window_phase: random` a new cut every epoch (EpochWindows, which fit() calls per epoch)."""
+    if p.window_phase == "random":
+        return EpochWindows(sequences, p.max_len, p.window_overlap, newest_only=p.windows == "newest")
     return training_windows(sequences, p.max_len, p.window_overlap, newest_only=p.windows == "newest")
 
 
 def fit_config(p: UserModelParams, monitor: str, name: str, max_epochs: int | None = None) -> FitConfig:
-    """The training loop's settings from a user model's params section."""
+    """The training loop's settings from a user model's params section (`max_epochs`: a refit's epochs, which
+    are also what a cosine schedule decays over)."""
     return FitConfig(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
                      max_epochs=max_epochs or p.max_epochs, patience=p.patience, min_epochs=p.min_epochs,
+                     stop_window=p.stop_window,
+                     warmup_steps=p.warmup_steps, cosine=p.lr_schedule == "cosine",
                      precision=p.precision, ema_decay=p.ema_decay, monitor=monitor, name=name)
 
 

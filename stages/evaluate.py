@@ -1,4 +1,5 @@
-"""DVC stage `evaluate`: full-ranking leave-one-out metrics of every model through its FAISS index."""
+"""DVC stage `evaluate`: full-ranking leave-one-out metrics of every model, ranked exactly (molar_core.ranking, as
+validation in training) over all unmasked items: whatever FAISS index serves recommendations, it changes no metric."""
 
 from __future__ import annotations
 
@@ -7,25 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 
 from molar_core.checkpoint import Checkpoint
-from molar_core.errors import ArtifactError
-from molar_core.index import load_index, search_masked
 from molar_core.io import atomic_path, runtime_info, write_json_atomic, write_parquet_atomic
-from molar_core.metrics import bootstrap_ci, mean_metrics, paired_bootstrap, per_user_metrics, ranks_from_lists
+from molar_core.metrics import bootstrap_ci, mean_metrics, paired_bootstrap, per_user_metrics
+from molar_core.ranking import target_ranks, user_chunk
 from molar_core.vectors import load_user_vectors
 from pipeline import paths
 from pipeline.params import EvaluateParams, Params, ProtocolParams
-from stages.common import (
-    index_is_current,
-    index_paths,
-    open_trained,
-    params_from_argv,
-    read_prepared,
-    read_stats,
-    run_main,
-    summary,
-)
+from stages.common import open_trained, params_from_argv, read_prepared, read_stats, run_main, summary
 
 HISTORY_BUCKETS = [0, 10, 20, 50, 100, 200, 10**9]
 POPULARITY_BUCKETS = [0, 1, 10, 50, 100, 200, 10**9]  # training interactions of the test item
@@ -51,26 +43,19 @@ def write_bucket_plot(path: Path, rows: pl.DataFrame, column: str, edges: list[i
         table.write_csv(tmp)
 
 
-def current_index(root: Path, ckpt: Checkpoint):
-    """The model's FAISS index, refused when missing or built from other item vectors than the checkpoint's."""
-    faiss_path, info_path = index_paths(root, ckpt.name)
-    for path in (faiss_path, info_path):
-        if not path.exists():
-            raise ArtifactError(str(path), "not found", "dvc repro index")
-    if not index_is_current(root, ckpt):
-        raise ArtifactError(str(faiss_path), f"was built from other item vectors than {ckpt.path}/"
-                            "item_vectors.safetensors (stale: the model changed after indexing)", "dvc repro index")
-    return load_index(faiss_path)
+RANKING = "exact inner product over all unmasked items (torch), ties ranked pessimistically"
 
 
-def evaluate_model(ckpt: Checkpoint, index, split: str, table: pl.DataFrame, protocol: ProtocolParams,
+def evaluate_model(ckpt: Checkpoint, items: torch.Tensor, split: str, table: pl.DataFrame, protocol: ProtocolParams,
                    batch_size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Ranks and per-user metrics of one model (through its loaded index) on one split."""
+    """Ranks and per-user metrics of one model on one split. The saved user and item vectors are in scoring form
+    (their inner product is the model's score), so this is the ranking validation did during training."""
     users = load_user_vectors(ckpt.path / "user_vectors.safetensors", split,
                               table["user_id"].to_numpy().astype(np.int64), rebuild=ckpt.rebuild)
     histories = table["history"].to_list() if protocol.masking == "history" else None
-    lists = search_masked(index, users, histories, max(protocol.ks), batch_size)
-    ranks = ranks_from_lists(lists, table["target"].to_numpy())
+    chunk = min(batch_size, user_chunk(items.shape[0], None))
+    ranks = target_ranks(torch.from_numpy(users), items, histories, torch.tensor(table["target"].to_list()),
+                         chunk).numpy()
     return ranks, per_user_metrics(ranks, protocol.ks)
 
 
@@ -80,7 +65,7 @@ def run(p: EvaluateParams, protocol: ProtocolParams, root: Path = Path(".")) -> 
     t0 = time.perf_counter()
     metrics: dict = {"protocol": {
         "split": "leave-one-out (last item test, second-to-last validation)",
-        "masking": protocol.masking, "candidates": "all items", "num_items": stats["items"],
+        "masking": protocol.masking, "candidates": "all items", "ranking": RANKING, "num_items": stats["items"],
         "num_users": stats["users"], "ks": protocol.ks,
         "ci": "95% percentile bootstrap over users (1000 resamples)"}}
     rows, per_test = [], {}
@@ -88,12 +73,12 @@ def run(p: EvaluateParams, protocol: ProtocolParams, root: Path = Path(".")) -> 
     for model in p.models:
         metrics[model] = {}
         ckpt = open_trained(root, model, stats)
-        index = current_index(root, ckpt)
+        items = torch.from_numpy(ckpt.item_vectors())
         if ckpt.config.get("refit"):  # its validation items were training targets: say so beside its numbers
             metrics[model]["refit"] = {"epochs": ckpt.config["refit"]["epochs"], "valid": "trained on (not held out)",
                                        "early_stopped_valid": ckpt.config["valid"]}
         for split, table in tables.items():
-            ranks, per = evaluate_model(ckpt, index, split, table, protocol, p.batch_size)
+            ranks, per = evaluate_model(ckpt, items, split, table, protocol, p.batch_size)
             m = mean_metrics(per)
             metrics[model][split] = m
             if split == "test":
@@ -103,7 +88,7 @@ def run(p: EvaluateParams, protocol: ProtocolParams, root: Path = Path(".")) -> 
                 "model": model, "split": split, "user_id": table["user_id"],
                 "history_len": table["history"].list.len(), "target": table["target"],
                 "target_popularity": popularity[table["target"].to_numpy()],
-                "rank": pl.Series([None if np.isinf(r) else int(r) for r in ranks], dtype=pl.Int64),
+                "rank": pl.Series(ranks, dtype=pl.Int64),
                 **{k: v for k, v in per.items()}}))
     if "sasrec" in per_test:
         for model, per in per_test.items():

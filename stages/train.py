@@ -17,7 +17,7 @@ from molar_core.errors import ArtifactError
 from molar_core.io import atomic_dir, runtime_info, sha256_file, write_json_atomic
 from molar_core.models.content import ContentConfig, ContentUserModel
 from molar_core.models.molar import Molar, MolarLossConfig
-from molar_core.models.sasrec import load_sasrec
+from molar_core.models.sasrec import load_sasrec, sasrec_weights_path
 from molar_core.store import load_item_embeddings
 from molar_core.training import encode_users, fit, pick_device, ranking_metrics, seed_everything
 from molar_core.vectors import USER_VECTORS_DOC, save_item_vectors, save_tensors, save_user_vectors
@@ -66,9 +66,11 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
     lcfg = MolarLossConfig(rec_loss=p.rec_loss, num_negatives=p.num_negatives, temperature=p.temperature,
                            align_alpha=p.align_alpha, align_tau=p.align_tau, align_positions=p.align_positions,
                            align_head=p.align_head, align_items=p.align_items, joint=p.joint)
-    id_model = None
+    id_dir = None
     if p.align_alpha > 0 or p.joint:  # aligned to a SASRec trained on this very data
-        id_model = load_sasrec(open_trained(root, "sasrec", stats).path)
+        id_dir = open_trained(root, "sasrec", stats).path
+    # the run that validates aligns to the early-stopped SASRec (a refit one has trained on the validation items)
+    id_model = load_sasrec(id_dir, weights="early_stopped") if id_dir is not None else None
     model = Molar(ContentUserModel(ccfg, feats), lcfg, id_model).to(device)
     seqs = training_sequences(train["items"].to_list(), p)
     vh, vt = valid["history"].to_list(), valid["target"].to_list()
@@ -82,9 +84,8 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
             return model.scoring_form(model.item_vectors().detach().float().cpu())
 
     metric = protocol.early_stop_metric
-    id_ckpt = root / paths.model_dir("sasrec") / "model.safetensors"
-    settings = (p.model_dump(), protocol.model_dump(),
-                {"id_model": sha256_file(id_ckpt) if id_model is not None else None})
+    id_files = {w: sasrec_weights_path(id_dir, w) for w in ("early_stopped", "model")} if id_dir is not None else {}
+    settings = (p.model_dump(), protocol.model_dump(), {f"id_model_{w}": sha256_file(f) for w, f in id_files.items()})
     resume = training_resume(root, name, *settings)
     with epoch_progress(p.max_epochs) as advance:
         result = fit(model, seqs, lambda b: model.loss(b, gen),
@@ -95,7 +96,11 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
     refit_info, refit_resume = None, None
     if p.refit:  # user_vectors and item_vectors above read `model`: they then score the refit one
         def build(g: torch.Generator) -> tuple[Molar, Callable]:
-            fresh = Molar(ContentUserModel(ccfg, feats), lcfg, id_model).to(device)
+            # the saved SASRec fresh from its file (joint training changed the one above; after a train_id refit
+            # it is the refit one, as this run trains on the validation items too), loaded before the content
+            # model as above so that both runs draw the same initial weights
+            sasrec = load_sasrec(id_dir) if id_dir is not None else None
+            fresh = Molar(ContentUserModel(ccfg, feats), lcfg, sasrec).to(device)
             return fresh, lambda b: fresh.loss(b, g)
 
         model, refit_info, refit_resume = refit(build, test, p, result.best_epoch, root, name, f"train@{name}",
@@ -113,11 +118,13 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
               "params": p.model_dump(), "protocol": protocol.model_dump(),
               "item_features": {"store": str(paths.EMBEDDINGS), "dim": int(feats.shape[1])},
               "id_model": str(paths.model_dir("sasrec")) if id_model is not None else None,
+              "id_model_weights": ({"early_stopped_run": id_files["early_stopped"].name,
+                                    "refit": id_files["model"].name if p.refit else None} if id_files else None),
               "scoring": "cosine (user and item vectors saved L2-normalised)" if p.rec_loss == "infonce" else "dot",
               "best_epoch": result.best_epoch, "epochs_run": len(result.curve), "valid": result.best_metrics,
               "train_seconds": result.seconds, "resumed_after_epoch": resume.resumed_from,
               "refit": refit_info, "runtime": runtime_info(p.seed),
-              "files": {"model.safetensors": "state dict (without the frozen ID model)",
+              "files": {"model.safetensors": "state dict (with the ID model's id_model.* when joint, else without)",
                         "item_vectors.safetensors": "items 1..N scoring vectors", "user_vectors.safetensors": USER_VECTORS_DOC}}
     with atomic_dir(root / paths.model_dir(name)) as out:
         save_tensors(out / "model.safetensors", state, meta)

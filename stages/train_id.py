@@ -60,6 +60,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
                      gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
                                                        f"{row['valid_' + metric]:.4f}"), resume=resume)
     refit_info, refit_resume = None, None
+    early_stopped = model  # refit trains a new model: this one stays as it is
     if p.refit:
         def build(g: torch.Generator) -> tuple[SASRec, Callable]:
             fresh = new_sasrec(cfg, p, device)
@@ -80,8 +81,14 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
               "refit": refit_info, "runtime": runtime_info(p.seed),
               "files": {"model.safetensors": "state dict", "item_vectors.safetensors": "items 1..N scoring vectors",
                         "user_vectors.safetensors": USER_VECTORS_DOC}}
+    if p.refit:
+        config["files"]["model.safetensors"] = "state dict of the refit model (trained on the validation items too)"
+        config["files"]["early_stopped.safetensors"] = ("state dict of the early-stopped model before the refit: "
+                                                        "what a model that validates aligns to")
     with atomic_dir(root / paths.model_dir(MODEL)) as out:
         save_tensors(out / "model.safetensors", dict(model.state_dict()), meta)
+        if p.refit:
+            save_tensors(out / "early_stopped.safetensors", dict(early_stopped.state_dict()), meta)
         save_item_vectors(out / "item_vectors.safetensors", model.item_vectors().detach().cpu(), meta)
         save_user_vectors(out / "user_vectors.safetensors", user_ids, splits, meta)
         write_json_atomic(out / "config.json", config)

@@ -33,7 +33,8 @@ def _test_ndcg(user_fn, items, test, scoring=lambda x: x):
 def _sasrec(data):
     train, (vh, vt), test = data.leave_one_out()
     gen = seed_everything(0)
-    m = SASRec(SASRecConfig(num_items=data.num_items, max_len=L, dim=32, layers=1, heads=1, dropout=0.2))
+    m = SASRec(SASRecConfig(num_items=data.num_items, max_len=L, dim=32, layers=1, heads=1, dropout=0.2,
+                            norm="pre"))  # the layout these thresholds were set with
     fit(m, train, lambda b: sasrec_loss(m, b),
         lambda: ranking_metrics(encode_users(m.user_vectors, vh, L, CPU), m.item_vectors().detach(), vh, vt, [10], True),
         FIT, gen)
@@ -45,7 +46,7 @@ def _content(data, id_model=None, **loss):
     train, (vh, vt), test = data.leave_one_out()
     gen = seed_everything(0)
     content = ContentUserModel(ContentConfig(num_items=data.num_items, input_dim=data.features.shape[1], max_len=L,
-                                             dim=32, layers=1, heads=1, adapter_hidden=64),
+                                             dim=32, layers=1, heads=1, adapter_hidden=64, norm="pre"),
                                torch.from_numpy(data.features))
     m = Molar(content, MolarLossConfig(**loss), id_model)
     fit(m, train, lambda b: m.loss(b, gen),

@@ -117,8 +117,8 @@ def test_exact_ranking_scores_in_bounded_blocks(monkeypatch):
     torch.testing.assert_close(ranking.target_ranks(u, it, hist, targets), whole)
     rows = u @ it.T
     slow = torch.stack([(torch.where(torch.isin(torch.arange(1, 501), torch.tensor(h)), float("-inf"), rows[i])
-                         > rows[i, targets[i] - 1]).sum() for i, h in enumerate(hist)])
-    torch.testing.assert_close(whole, slow)  # ranks = items above the target once the history is masked
+                         >= rows[i, targets[i] - 1]).sum() - 1 for i, h in enumerate(hist)])
+    torch.testing.assert_close(whole, slow)  # ranks = other items at or above the target once the history is masked
 
 
 def test_refine_k_factor_is_saved_with_the_index_and_buys_recall(tmp_path):
@@ -135,3 +135,19 @@ def test_refine_k_factor_is_saved_with_the_index_and_buys_recall(tmp_path):
         assert again.k_factor == kf == info["refine_k_factor"]
         recalls[kf] = recall_vs_exact(again, items, users, k=10)
     assert recalls[16] > 0.98 and recalls[1] < recalls[16] - 0.1, recalls
+
+
+def test_unset_search_settings_get_the_defaults_where_the_index_has_them():
+    """nprobe / ef_search / refine_k_factor left unset (params.yaml null): 16 / 64 / 1 on the indexes that have
+    them, recorded as null in the build info of the ones that do not."""
+    items, _, _ = _data(seed=6, n_items=1000)
+    ivf, info = build_index(items, "IVF16,PQ8x4fs,RFlat", nprobe=None, ef_search=None, refine_k_factor=None,
+                            use_gpu="never")
+    assert (faiss.extract_index_ivf(ivf).nprobe, ivf.k_factor) == (16, 1)
+    assert (info["nprobe"], info["ef_search"], info["refine_k_factor"]) == (16, None, 1)
+    hnsw, info = build_index(items, "HNSW8", nprobe=None, ef_search=None, refine_k_factor=None)
+    assert hnsw.hnsw.efSearch == 64 and (info["nprobe"], info["ef_search"], info["refine_k_factor"]) == (None, 64, None)
+    _, info = build_index(items, "Flat", nprobe=None, ef_search=None, refine_k_factor=None)
+    assert (info["nprobe"], info["ef_search"], info["refine_k_factor"]) == (None, None, None)
+    _, info = build_index(items, "IVF16,Flat", nprobe=4, use_gpu="never")
+    assert info["nprobe"] == 4

@@ -113,24 +113,175 @@ def test_hybrid_changes_item_vectors_and_padding_row_is_zero():
     assert model.content.item_vectors().shape == (20, 16)
 
 
-def test_cached_frozen_id_vectors_equal_fresh_ones():
-    """The per-sequence cache of frozen SASRec user vectors changes nothing but speed, also past its size bound."""
-    seqs = [[(3 * i + j) % 20 + 1 for j in range(2 + i % 6)] for i in range(12)]
-    model, sas = _models(alpha=1.0)
-    sas.eval()
+def _alignment_targets(monkeypatch):
+    """Record the (content, ID) pairs every symmetric_info_nce of Molar.loss receives."""
+    import molar_core.models.molar as molar_module
+
+    calls = []
+
+    def recording(a, b, tau):
+        calls.append((a.detach().clone(), b.detach().clone()))
+        return symmetric_info_nce(a, b, tau)
+
+    monkeypatch.setattr(molar_module, "symmetric_info_nce", recording)
+    return calls
+
+
+def test_frozen_id_targets_are_the_id_model_s_vectors_of_each_batch_also_for_repeated_windows(monkeypatch):
+    """Every step's alignment target is the frozen SASRec's user vector of that very batch (eval mode: dropout
+    off), whatever windows came before: duplicates within a batch and a window coming back in a later batch."""
     from molar_core.data.sequences import next_item_pairs
 
-    inputs, _ = next_item_pairs(seqs, 8)
+    torch.manual_seed(0)
+    content = ContentUserModel(ContentConfig(num_items=20, input_dim=12, max_len=8, dim=16, heads=2,
+                                             adapter_hidden=32, dropout=0.0), torch.randn(20, 12))
+    sas = SASRec(SASRecConfig(num_items=20, max_len=8, dim=24, heads=2, dropout=0.3))
+    model = Molar(content, MolarLossConfig(align_alpha=0.5), sas).train()
+    calls = _alignment_targets(monkeypatch)
+    batches = [[[1, 2, 3, 4], [1, 2, 3, 4]], [[5, 6, 7, 8, 9]], [[1, 2, 3, 4], [1, 2, 3, 4]],
+               [[5, 6, 7, 8, 9], [1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12]]]
+    for batch in batches:
+        model.loss(batch)
+    assert len(calls) == len(batches)
+    sas.eval()
+    for batch, (_, target) in zip(batches, calls):
+        with torch.no_grad():
+            ref = sas.user_vectors(next_item_pairs(batch, 8)[0])
+        torch.testing.assert_close(target, ref, rtol=0, atol=1e-6)
+    assert all(p.grad is None and not p.requires_grad for p in sas.parameters())
+
+
+def test_item_alignment_draws_its_rows_at_random_from_the_generator():
+    """With more distinct target items than align_max_rows, the aligned items are a random draw from the loss's
+    generator (the same for the same seed), not always the lowest ids."""
+    torch.manual_seed(0)
+    content = ContentUserModel(ContentConfig(num_items=20, input_dim=12, max_len=8, dim=16, heads=2,
+                                             adapter_hidden=32, dropout=0.0), torch.randn(20, 12))
+    sas = SASRec(SASRecConfig(num_items=20, max_len=8, dim=24, heads=2, dropout=0.0))
+    model = Molar(content, MolarLossConfig(align_alpha=0.5, align_items=True, align_max_rows=4), sas)
+    looked_up = []
+    sas.item_emb.register_forward_hook(lambda mod, inp, out: looked_up.append(inp[0].tolist())
+                                       if inp[0].dim() == 1 else None)
+    seqs = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15], [16, 17, 18, 19, 20]]
+    distinct = set(range(2, 21)) - {10, 16}  # every target: each sequence's items after its first
+
+    def chosen(seed: int) -> list[int]:
+        looked_up.clear()
+        model.loss(seqs, torch.Generator().manual_seed(seed))
+        assert len(looked_up) == 1
+        return looked_up[0]
+
+    draws = {seed: chosen(seed) for seed in range(6)}
+    for seed, ids in draws.items():
+        assert len(set(ids)) == 4 and set(ids) <= distinct
+        assert chosen(seed) == ids  # reproducible for the seed
+    assert any(sorted(ids) != [2, 3, 4, 5] for ids in draws.values())
+    assert len({tuple(sorted(ids)) for ids in draws.values()}) > 1
+
+
+def test_joint_trains_the_id_model_with_its_full_cross_entropy():
+    """joint: SASRec's parameters move, and its loss part is the full-catalogue CE of SASRec on the same batch
+    (train_id's `ce`, whatever train_id trained with)."""
+    from molar_core.data.sequences import next_item_pairs
+    from molar_core.losses import full_softmax_ce
+    from molar_core.models.sasrec import sasrec_loss
+
+    torch.manual_seed(0)
+    content = ContentUserModel(ContentConfig(num_items=20, input_dim=12, max_len=8, dim=16, heads=2,
+                                             adapter_hidden=32, dropout=0.0), torch.randn(20, 12))
+    sas = SASRec(SASRecConfig(num_items=20, max_len=8, dim=24, heads=2, dropout=0.0))
+    model = Molar(content, MolarLossConfig(align_alpha=0.5, joint=True), sas).train()
+    seqs = [[1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18]]
+    inputs, targets = next_item_pairs(seqs, 8)
+    real = targets > 0
     with torch.no_grad():
-        ref = sas.user_vectors(inputs)
-    model.loss_cfg.id_cache_size = 5
-    first = model._frozen_id_users(seqs, inputs)
-    again = model._frozen_id_users(seqs, inputs)  # 5 from the cache, 7 recomputed
-    assert len(model._id_cache) == 5
-    assert torch.allclose(first, ref, atol=1e-6) and torch.allclose(again, ref, atol=1e-6)
-    # the padded width differs between batches; the cached vector does not depend on it
-    short, _ = next_item_pairs(seqs[:3], 8)
-    assert torch.allclose(model._frozen_id_users(seqs[:3], short), ref[:3], atol=1e-5)
+        ref = full_softmax_ce(sas.hidden(inputs)[real], sas.item_vectors(), targets[real])
+        ref_stage = sasrec_loss(sas, seqs, "ce")[0]
+    before = {k: v.clone() for k, v in sas.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss, parts = model.loss(seqs)
+    assert abs(parts["id_rec"] - float(ref)) < 1e-6 and abs(float(ref) - float(ref_stage)) < 1e-6
+    assert abs(parts["loss"] - (parts["rec"] + parts["id_rec"] + 0.5 * parts["align"])) < 1e-5
+    loss.backward()
+    opt.step()
+    assert all(p.requires_grad and p.grad is not None for p in sas.parameters())
+    moved = [k for k, v in sas.state_dict().items() if not torch.equal(v, before[k])]
+    assert "item_emb.weight" in moved and any(k.startswith("encoder.") for k in moved)
+
+
+def _small(content_dim=16, sas_len=8, **loss):
+    torch.manual_seed(0)
+    content = ContentUserModel(ContentConfig(num_items=20, input_dim=12, max_len=8, dim=content_dim, heads=2,
+                                             adapter_hidden=32, dropout=0.0), torch.randn(20, 12))
+    sas = SASRec(SASRecConfig(num_items=20, max_len=sas_len, dim=16 if not loss.get("align_head", True) else 24,
+                              heads=2, dropout=0.0))
+    return Molar(content, MolarLossConfig(**loss), sas), content, sas
+
+
+SEQS = [[1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18], [19, 20, 1, 2]]
+
+
+@pytest.mark.parametrize("max_rows", [2048, 7])
+def test_align_all_positions_is_the_info_nce_of_every_real_position(max_rows):
+    """align_positions all: one pair per real position (the last min(content, SASRec max_len) ones), the ID side
+    from the frozen SASRec's hidden states; more pairs than align_max_rows are a draw from the generator."""
+    from molar_core.data.sequences import next_item_pairs
+
+    model, content, sas = _small(sas_len=6, align_alpha=0.5, align_positions="all", align_max_rows=max_rows)
+    _, parts = model.loss(SEQS, torch.Generator().manual_seed(5))
+    inputs, targets = next_item_pairs(SEQS, 8)
+    with torch.no_grad():
+        h = content.hidden(inputs)[:, -6:]
+        keep = targets[:, -6:] > 0
+        a, b = h[keep], sas.eval().hidden(inputs[:, -6:])[keep]
+        assert len(a) == 4 + 2 + 6 + 3  # the 10-item sequence keeps its last 6 positions
+        if len(a) > max_rows:
+            idx = torch.randperm(len(a), generator=torch.Generator().manual_seed(5))[:max_rows]
+            a, b = a[idx], b[idx]
+        ref = symmetric_info_nce(model.head(a), b, 0.2)
+    assert abs(parts["align"] - float(ref)) < 1e-5
+
+
+def test_align_without_head_has_no_head_and_aligns_raw_vectors():
+    from molar_core.data.sequences import next_item_pairs
+
+    model, content, sas = _small(align_alpha=0.5, align_head=False)
+    assert model.head is None and not any(k.startswith("head.") for k, _ in model.named_parameters())
+    loss, parts = model.loss(SEQS)
+    inputs, targets = next_item_pairs(SEQS, 8)
+    with torch.no_grad():
+        ref = symmetric_info_nce(content.user_vectors(inputs), sas.eval().user_vectors(inputs), 0.2)
+    assert abs(parts["align"] - float(ref)) < 1e-5
+    loss.backward()
+    assert all(p.grad is not None for p in content.encoder.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="enable align_head"):
+        Molar(content, MolarLossConfig(align_alpha=0.5, align_head=False),
+              SASRec(SASRecConfig(num_items=20, max_len=8, dim=24, heads=2)))
+
+
+@pytest.mark.parametrize("rec_loss", ["bce", "ce"])
+def test_rec_loss_bce_and_ce_are_the_loss_of_the_content_hidden_states(rec_loss):
+    """rec_loss bce / ce through Molar: bce_one_negative / full_softmax_ce on the content model's hidden states
+    at every real position against the adapted item table (bce with the same generator state)."""
+    from molar_core.data.sequences import next_item_pairs
+    from molar_core.losses import full_softmax_ce
+
+    torch.manual_seed(0)
+    content = ContentUserModel(ContentConfig(num_items=20, input_dim=12, max_len=8, dim=16, heads=2,
+                                             adapter_hidden=32, dropout=0.0), torch.randn(20, 12))
+    model = Molar(content, MolarLossConfig(rec_loss=rec_loss))
+    loss, parts = model.loss(SEQS, torch.Generator().manual_seed(9))
+    inputs, targets = next_item_pairs(SEQS, 8)
+    real = targets > 0
+    with torch.no_grad():
+        h, items = content.hidden(inputs)[real], content.item_vectors()
+        ref = (bce_one_negative(h, items, targets[real], torch.Generator().manual_seed(9)) if rec_loss == "bce"
+               else full_softmax_ce(h, items, targets[real]))
+    assert abs(float(loss) - float(ref)) < 1e-5 and parts["rec"] == parts["loss"]
+    if rec_loss == "bce":  # another generator state draws other negatives: the comparison is not vacuous
+        other = bce_one_negative(h, items, targets[real], torch.Generator().manual_seed(10))
+        assert abs(float(other) - float(ref)) > 1e-4
+    assert torch.equal(model.scoring_form(items), items)  # dot-product scoring: vectors saved as they are
 
 
 def test_item_alignment_adds_its_part():
@@ -171,7 +322,7 @@ def test_sampled_negatives_adapt_only_the_touched_items_and_give_the_full_table_
     neg = torch.randint(1, 201, (9,), generator=torch.Generator().manual_seed(3))
     rec = cosine_info_nce(h[real], items, targets[real], model.logit_scale, negatives=neg)
     ids = torch.unique(targets[real])
-    align = (symmetric_info_nce(model.head(h[:, -1]), model._frozen_id_users(seqs, inputs), 0.2)
+    align = (symmetric_info_nce(model.head(h[:, -1]), sas.user_vectors(inputs).detach(), 0.2)
              + symmetric_info_nce(model.head(items[ids - 1]), sas.item_emb(ids).detach(), 0.2))
     ref = rec + 0.5 * align
     assert abs(parts["rec"] - float(rec)) < 1e-5 and abs(float(loss) - float(ref)) < 1e-5
@@ -188,7 +339,8 @@ def test_content_model_takes_sasrec_s_post_ln_layout():
     assert model.encoder.post and cfg.to_dict()["norm"] == "post"
     assert abs(model.encoder.pos.weight.std().item() - 0.02) < 0.003
     assert abs(model.encoder.blocks[0].qkv.weight.std().item() - 0.02) < 0.003
-    pre = ContentUserModel(ContentConfig(num_items=50, input_dim=12, max_len=8, dim=64, heads=2), torch.randn(50, 12))
+    pre = ContentUserModel(ContentConfig(num_items=50, input_dim=12, max_len=8, dim=64, heads=2, norm="pre"),
+                           torch.randn(50, 12))
     assert not pre.encoder.post and pre.encoder.pos.weight.std().item() > 0.5  # nn.Embedding's N(0, 1)
     assert model.user_vectors(torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4]])).shape == (2, 64)
     with pytest.raises(ValueError, match="norm must be 'pre' or 'post'"):

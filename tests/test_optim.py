@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
-from molar_core.optim import AdamWLazyEmbeddings
+from molar_core.optim import AdamWLazyEmbeddings, weight_decay_groups
 from molar_core.resume import EpochState, TrainingResume
 from molar_core.training import FitConfig, fit, seed_everything
 from pipeline.params import ParamsError, load_params
@@ -170,3 +170,94 @@ def test_train_id_stage_trains_and_refits_with_lazy_adam(small_workspace, ml_sma
     model = load_sasrec(root / "artifacts" / "sasrec")
     assert not model.item_emb.sparse and torch.isfinite(model.item_vectors()).all()
     assert not list((root / paths.RESUME_DIR).rglob("*.safetensors"))  # both resume states cleared once saved
+
+
+class _Tiny(torch.nn.Module):
+    """A weight matrix, an embedding table, a LayerNorm and a learnable scalar (as Molar's logit scale)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.emb = torch.nn.Embedding(5, 4)
+        self.norm = torch.nn.LayerNorm(4)
+        with torch.no_grad():
+            self.norm.weight.fill_(1.5)
+            self.norm.bias.fill_(0.5)
+        self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+
+def _zero_gradient_loss(model: torch.nn.Module):
+    return lambda batch: (sum((p * 0).sum() for p in model.parameters()), {"loss": 0.0})
+
+
+def _spared_and_decayed(model: _Tiny, before: dict[str, torch.Tensor], shrink: float) -> None:
+    after = {k: v.detach() for k, v in model.named_parameters()}
+    for name in ("lin.bias", "norm.weight", "norm.bias", "scale"):  # ndim < 2: no decay, and no gradient
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=0, msg=name)
+    for name in ("lin.weight", "emb.weight"):  # AdamW's decoupled decay: w <- w (1 - lr wd) with a zero gradient
+        torch.testing.assert_close(after[name], before[name] * shrink, msg=name)
+
+
+def test_fit_spares_biases_norm_gains_and_scalars_from_weight_decay():
+    torch.manual_seed(0)
+    model = _Tiny()
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    fit(model, [[1, 2]], _zero_gradient_loss(model), None,
+        FitConfig(lr=0.1, weight_decay=0.5, batch_size=1, max_epochs=1), torch.Generator().manual_seed(0))
+    _spared_and_decayed(model, before, 1 - 0.1 * 0.5)
+
+
+def test_lazy_adam_spares_biases_norm_gains_and_scalars_from_weight_decay():
+    torch.manual_seed(0)
+    model = _Tiny()
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt = AdamWLazyEmbeddings(model, lr=0.1, weight_decay=0.5)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    _spared_and_decayed(model, before, 1 - 0.1 * 0.5)
+
+
+def _group_names(model: torch.nn.Module, groups: list[dict]) -> list[tuple[set[str], float]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [({names[id(p)] for p in g["params"]}, g["weight_decay"]) for g in groups]
+
+
+SASREC_MATRICES = {"item_emb.weight", "encoder.pos.weight", "encoder.blocks.0.qkv.weight",
+                   "encoder.blocks.0.proj.weight", "encoder.blocks.0.ff.0.weight", "encoder.blocks.0.ff.3.weight"}
+SASREC_SPARED = {"encoder.blocks.0.ln1.weight", "encoder.blocks.0.ln1.bias", "encoder.blocks.0.qkv.bias",
+                 "encoder.blocks.0.proj.bias", "encoder.blocks.0.ln2.weight", "encoder.blocks.0.ln2.bias",
+                 "encoder.blocks.0.ff.0.bias", "encoder.blocks.0.ff.3.bias", "encoder.ln.weight", "encoder.ln.bias"}
+
+
+def test_weight_decay_groups_of_sasrec():
+    model = SASRec(SASRecConfig(num_items=10, max_len=5, dim=8, layers=1, heads=2))
+    assert _group_names(model, weight_decay_groups(model.parameters(), 0.1)) == [(SASREC_MATRICES, 0.1),
+                                                                                  (SASREC_SPARED, 0.0)]
+    model.item_emb.sparse = True  # lazy Adam: the sparse table in its own SparseAdam group, the rest as above
+    opt = AdamWLazyEmbeddings(model, lr=0.01)
+    assert _group_names(model, opt.dense.param_groups) == [(SASREC_MATRICES - {"item_emb.weight"}, 0.0),
+                                                           (SASREC_SPARED, 0.0)]
+    assert opt.sparse.param_groups[0]["params"] == [model.item_emb.weight]
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_weight_decay_groups_of_molar(joint):
+    """Molar: the logit scale and every norm gain and bias are spared; a frozen SASRec is not optimised at all."""
+    from molar_core.models.content import ContentConfig, ContentUserModel
+    from molar_core.models.molar import Molar, MolarLossConfig
+
+    sas = SASRec(SASRecConfig(num_items=10, max_len=5, dim=8, layers=1, heads=2))
+    content = ContentUserModel(ContentConfig(num_items=10, input_dim=4, max_len=5, dim=8, layers=1, heads=2,
+                                             adapter_hidden=6, hybrid=True), torch.randn(10, 4))
+    model = Molar(content, MolarLossConfig(align_alpha=0.5, joint=joint), sas)
+    (decay, rate), (spared, zero) = _group_names(model, weight_decay_groups(model.parameters(), 0.1))
+    assert (rate, zero) == (0.1, 0.0)
+    content_matrices = {"content.adapter.1.weight", "content.adapter.4.weight", "content.id_emb.weight",
+                        *(f"content.{n}" for n in SASREC_MATRICES - {"item_emb.weight"})}
+    content_spared = {"content.adapter.0.weight", "content.adapter.0.bias", "content.adapter.1.bias",
+                      "content.adapter.4.bias", *(f"content.{n}" for n in SASREC_SPARED)}
+    id_matrices = {f"id_model.{n}" for n in SASREC_MATRICES} if joint else set()
+    id_spared = {f"id_model.{n}" for n in SASREC_SPARED} if joint else set()
+    assert decay == content_matrices | {"head.weight"} | id_matrices
+    assert spared == content_spared | {"logit_scale", "head.bias"} | id_spared

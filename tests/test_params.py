@@ -156,7 +156,7 @@ def test_overrides_deep_merge(tmp_path):
             "prepare": {"images": {"dir": "posters", "pattern": "{item_id}.png"}}}  # fmt: skip
     path = write(tmp_path / "p.yaml", data)
     p = load_params(path, overrides={"train_id": {"dim": 48}, "prepare": {"images": {"dir": "other"}},
-                                     "protocol": {"ks": [5]}})  # fmt: skip
+                                     "protocol": {"ks": [5], "early_stop_metric": "ndcg@5"}})  # fmt: skip
     assert (p.train_id.lr, p.train_id.dim, p.train_id.heads) == (0.005, 48, 2)  # siblings kept
     assert (p.prepare.images.dir, p.prepare.images.pattern) == ("other", "{item_id}.png")
     assert p.protocol.ks == [5]
@@ -191,3 +191,126 @@ def test_dotted_overrides_nest_keys_and_parse_yaml_values():
                    "index": {"models": ["sasrec", "molar"]}}
     with pytest.raises(ParamsError, match="train.patience"):
         dotted_overrides(["train.patience"])
+
+
+@pytest.mark.parametrize("metric", ["ndcg@5", "recall@100", "hit@10", "ndcg", "NDCG@10", "mrr@ten"])
+def test_early_stop_metric_must_be_one_validation_computes(metric):
+    """Only a metric at a K of protocol.ks exists in the validation results (anything else failed after epoch 1)."""
+    fails({"protocol": {"early_stop_metric": metric}}, "protocol.early_stop_metric:", "ndcg@10", "recall@20",
+          "mrr@50")
+
+
+def test_early_stop_metric_follows_protocol_ks():
+    assert parse_params({"protocol": {"ks": [5, 100], "early_stop_metric": "recall@100"}}).protocol.ks == [5, 100]
+    fails({"protocol": {"ks": [20, 50]}}, "protocol.early_stop_metric:", "ndcg@20")  # default ndcg@10 not in ks
+
+
+@pytest.mark.parametrize(("index", "key"), [
+    ({"nprobe": 8}, "index.nprobe"),
+    ({"factory": "HNSW32", "nprobe": 8}, "index.nprobe"),
+    ({"factory": "IVF256,Flat", "ef_search": 32}, "index.ef_search"),
+    ({"refine_k_factor": 4}, "index.refine_k_factor"),
+    ({"factory": "IVF256,Flat", "refine_k_factor": 4}, "index.refine_k_factor"),
+])
+def test_index_search_settings_the_factory_lacks_are_refused(index, key):
+    fails({"index": index}, f"{key}:", index.get("factory", "Flat"))
+
+
+def test_index_search_settings_default_to_unset_and_apply_where_the_factory_has_them():
+    p = parse_params({}).index
+    assert (p.nprobe, p.ef_search, p.refine_k_factor) == (None, None, None)
+    for index in ({"factory": "IVF256,Flat", "nprobe": 8}, {"factory": "HNSW32", "ef_search": 32},
+                  {"factory": "IVF64,PQ16x4fs,RFlat", "nprobe": 8, "refine_k_factor": 16},
+                  {"factory": "IVF64,SQ8,Refine(Flat)", "refine_k_factor": 4},
+                  {"factory": "IVF1024_HNSW32,Flat", "nprobe": 8, "ef_search": 32}):
+        got = parse_params({"index": index}).index
+        assert all(getattr(got, k) == v for k, v in index.items()), index
+
+
+# Options the chosen settings ignore are refused when written, naming the keys (a key counts as written when it
+# is in the file or in a variant's overrides: pydantic's model_fields_set).
+
+def test_joint_needs_alignment():
+    fails({"train": {"joint": True}}, "train: joint: true with align_alpha 0", "align_alpha above 0")
+    fails({"train_variants": {"j": {"joint": True}}}, "train_variants.j: joint: true with align_alpha 0")
+    assert parse_params({"train_variants": {"j": {"joint": True, "align_alpha": 0.5}}}).train_variant("j").joint
+
+
+def test_joint_needs_train_id_full_cross_entropy():
+    sampled = {"loss": "sampled_softmax"}
+    fails({"train_id": sampled, "train": {"joint": True, "align_alpha": 0.5}},
+          "train: joint: true", "train_id.loss sampled_softmax", "train_id.loss: ce")
+    # a variant turning joint on is checked too, although the train section itself is not joint
+    msg = fails({"train_id": sampled, "train_variants": {"content": {}, "molar_joint": {"joint": True,
+                                                                                         "align_alpha": 0.5}}},
+                "train_variants.molar_joint: joint: true", "train_id.loss sampled_softmax")
+    assert "content" not in msg
+    assert parse_params({"train_id": sampled, "train_variants": {"molar": {"align_alpha": 0.5}}})
+    assert parse_params({"train_variants": {"j": {"joint": True, "align_alpha": 0.5}}})  # train_id.loss ce
+
+
+@pytest.mark.parametrize("rec_loss", ["bce", "ce"])
+@pytest.mark.parametrize("written", [{"num_negatives": 64}, {"temperature": 0.05},
+                                     {"num_negatives": 64, "temperature": 0.1}])
+def test_infonce_only_keys_are_refused_with_other_losses(rec_loss, written):
+    fails({"train": {"rec_loss": rec_loss, **written}},
+          f"train: {', '.join(written)}: read by rec_loss infonce only (rec_loss is {rec_loss})")
+    # written in the train section, they are refused in a variant that changes the loss, and vice versa
+    fails({"train": written, "train_variants": {"v": {"rec_loss": rec_loss}}}, "train_variants.v: ",
+          *written, f"rec_loss is {rec_loss}")
+    fails({"train": {"rec_loss": rec_loss}, "train_variants": {"v": written}}, "train_variants.v: ", *written)
+    assert parse_params({"train": {"rec_loss": "infonce", **written}})
+    assert parse_params({"train": {"rec_loss": rec_loss}}).train.temperature == 0.07  # the default, unread
+    # a default written out changes nothing, so it is accepted (params.yaml lists the defaults)
+    assert parse_params({"train": {"rec_loss": rec_loss, "num_negatives": None, "temperature": 0.07}})
+
+
+def test_variants_count_only_written_keys_as_set():
+    p = parse_params({"train": {"lr": 0.01}, "train_variants": {"b": {"rec_loss": "bce"}}})
+    assert p.train_variant("b").model_fields_set == {"lr", "rec_loss"}
+    assert (p.train_variant("b").lr, p.train_variant("b").rec_loss) == (0.01, "bce")
+
+
+def test_train_id_num_negatives_only_with_sampled_softmax():
+    fails({"train_id": {"num_negatives": 64}}, "train_id: num_negatives: read by loss sampled_softmax only")
+    fails({"train_id": {"loss": "ce", "num_negatives": 128}}, "train_id: num_negatives")
+    assert parse_params({"train_id": {"loss": "ce", "num_negatives": 256}})  # the default written out: no effect
+    assert parse_params({"train_id": {"loss": "sampled_softmax", "num_negatives": 64}}).train_id.num_negatives == 64
+    assert parse_params({"train_id": {"loss": "sampled_softmax"}}).train_id.num_negatives == 256
+
+
+@pytest.mark.parametrize("written", [{"dim": 128}, {"layers": 3}, {"heads": 4}, {"dim": 32, "layers": 1, "heads": 4}])
+def test_small_transformer_shape_is_refused_with_an_llm_user_encoder(written):
+    llm = {"user_encoder": "llm", "llm_model": "some/llm"}
+    fails({"train": {**llm, **written}}, f"train: {', '.join(written)}: user_encoder llm: the LLM's width")
+    fails({"train": written, "train_variants": {"big": llm}}, "train_variants.big: ", *written, "user_encoder llm")
+    assert parse_params({"train": {**llm, "llm_layers": 2}}).train.llm_layers == 2
+
+
+def test_llm_layers_is_refused_with_the_small_user_encoder():
+    fails({"train": {"llm_layers": 2}}, "train: llm_layers: read by user_encoder llm only")
+    assert parse_params({"train": {"llm_layers": None, "user_encoder": "small"}})  # the default: no effect
+    llm = {"user_encoder": "llm", "llm_model": "x", "llm_layers": 2}
+    fails({"train": llm, "train_variants": {"v": {"user_encoder": "small"}}}, "train_variants.v: llm_layers")
+    assert parse_params({"train_variants": {"v": llm}}).train_variant("v").llm_layers == 2
+
+
+@pytest.mark.parametrize("data", [
+    {},
+    {"train_id": {"loss": "sampled_softmax", "num_negatives": 64}},
+    {"train": {"rec_loss": "bce", "user_encoder": "llm", "llm_model": "x"}, "train_variants": {"m": {}}},
+    {"train": {"align_alpha": 0.5, "joint": True, "lr_schedule": "cosine", "warmup_steps": 10}},
+])
+def test_a_dump_loads_again_as_the_same_params(data):
+    """A dump leaves out the keys its settings ignore, so writing it back (bench/sweep.py, tests) validates."""
+    p = parse_params(data)
+    again = parse_params(yaml.safe_load(yaml.safe_dump(p.model_dump())))
+    assert again == p
+    assert again.train_variants == p.train_variants
+    assert all(again.train_variant(n) == p.train_variant(n) for n in p.train_variants)
+
+
+def test_repo_params_yaml_dump_loads_again():
+    p = load_params(REPO / "params.yaml")
+    assert parse_params(p.model_dump()) == p
+    assert "num_negatives" not in p.model_dump()["train_id"]  # loss ce does not read it

@@ -12,6 +12,7 @@ import torch
 from molar_core.data.sequences import training_windows
 from molar_core.models.sasrec import SASRec, SASRecConfig, load_sasrec, sasrec_loss
 from molar_core.training import FitConfig, fit, seed_everything
+from molar_core.vectors import load_tensors
 from stages import evaluate, index, train, train_id
 from stages.common import read_prepared, read_stats
 from tests.conftest import small_params
@@ -84,3 +85,57 @@ def test_content_model_refit_differs_from_its_early_stopped_model(refit_workspac
     config = train.run("content", refit_params, p.protocol, root)
     assert config["refit"]["epochs"] == plain["best_epoch"] and config["valid"] == plain["valid"]
     assert (root / "artifacts/content/item_vectors.safetensors").read_bytes() != before
+
+
+def test_molar_validates_against_the_early_stopped_sasrec_and_refits_against_the_refit_one(
+        refit_workspace, ml_small, monkeypatch, one_torch_thread):
+    """After a SASRec refit (trained on the validation items too), the Molar run that early-stops on those items
+    aligns to the early-stopped SASRec (early_stopped.safetensors); its own refit, which does not validate,
+    aligns to the refit one (model.safetensors)."""
+    root = refit_workspace
+    p = small_params(ml_small, models=("sasrec",), refit=True)
+    sasrec = train_id.run(p.train_id, p.protocol, root)
+    assert "early_stopped.safetensors" in sasrec["files"]
+    early = load_tensors(root / "artifacts/sasrec/early_stopped.safetensors")
+    refit_sasrec = load_tensors(root / "artifacts/sasrec/model.safetensors")
+    assert early.keys() == refit_sasrec.keys() and any(not torch.equal(early[k], refit_sasrec[k]) for k in early)
+    for weights, ref in (("early_stopped", early), ("model", refit_sasrec)):
+        loaded = load_sasrec(root / "artifacts/sasrec", weights=weights).state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in ref.items())
+
+    validated, refit_starts = [], []
+    real_fit, real_refit = train.fit, train.refit
+
+    def spy_fit(model, seqs, loss_fn, validate, *args, **kwargs):
+        def spied():
+            validated.append({k: v.clone() for k, v in model.id_model.state_dict().items()})
+            return validate()
+        return real_fit(model, seqs, loss_fn, spied, *args, **kwargs)
+
+    def spy_refit(build, *args):
+        def spied(g):
+            model, loss_fn = build(g)
+            refit_starts.append({k: v.clone() for k, v in model.id_model.state_dict().items()})
+            return model, loss_fn
+        return real_refit(spied, *args)
+
+    monkeypatch.setattr(train, "fit", spy_fit)
+    monkeypatch.setattr(train, "refit", spy_refit)
+    variant = p.train_variant("molar").model_copy(update={"refit": True})
+    assert variant.align_alpha > 0
+    config = train.run("molar", variant, p.protocol, root)
+    assert validated and refit_starts
+    for state in validated:
+        assert all(torch.equal(state[k], v) for k, v in early.items())
+    assert all(torch.equal(refit_starts[0][k], v) for k, v in refit_sasrec.items())
+    assert config["id_model_weights"] == {"early_stopped_run": "early_stopped.safetensors",
+                                          "refit": "model.safetensors"}
+
+
+def test_without_a_sasrec_refit_the_early_stopped_weights_are_the_saved_model(small_workspace):
+    directory = small_workspace / "artifacts/sasrec"
+    assert not (directory / "early_stopped.safetensors").exists()
+    early, saved = load_sasrec(directory, weights="early_stopped"), load_sasrec(directory)
+    assert all(torch.equal(v, saved.state_dict()[k]) for k, v in early.state_dict().items())
+    with pytest.raises(ValueError, match="weights must be one of model, early_stopped"):
+        load_sasrec(directory, weights="best")

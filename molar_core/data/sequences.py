@@ -35,7 +35,7 @@ def next_item_pairs(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, 
 
 
 def training_windows(seqs: list[list[int]], max_len: int, overlap: int = 0,
-                     newest_only: bool = False) -> list[list[int]]:
+                     newest_only: bool = False, generator: torch.Generator | None = None) -> list[list[int]]:
     """Cut each training sequence into windows of at most max_len + 1 items, newest first, so that every
     next-item pair is trained once even when a history is longer than the model's context.
 
@@ -44,15 +44,42 @@ def training_windows(seqs: list[list[int]], max_len: int, overlap: int = 0,
 
     With `overlap` > 0 consecutive windows share `overlap` items, and a window's first `overlap` targets are
     left to the older window (`Window.context_only`): every target after the first window is then predicted
-    from at least `overlap` items of history instead of starting from scratch at a window edge."""
+    from at least `overlap` items of history instead of starting from scratch at a window edge.
+
+    With a `generator` the window ending at the newest item stays as it is, and the next older window holds a
+    random number of targets (1..max_len - overlap, drawn per user): the boundaries of every older window move
+    from one call to the next, so a model trained on a new cut each epoch sees each old target with a
+    different amount of history before it (still one training per target per cut)."""
     if not 0 <= overlap < max_len:
         raise ValueError(f"window overlap must be in [0, max_len={max_len}), got {overlap}")
+    phases = (torch.randint(1, max_len - overlap + 1, (len(seqs),), generator=generator).tolist()
+              if generator is not None else None)
     out: list[list[int]] = []
-    for s in seqs:
-        end = len(s)
+    for u, s in enumerate(seqs):
+        end, size, first = len(s), max_len, len(out)
         while end >= 2:
-            start = max(0, end - max_len - 1)
+            start = max(0, end - size - 1)
             older = start > 0 and not newest_only  # an older window follows and trains the shared targets
             out.append(Window(s[start:end], overlap if older else 0))
             end = start + 1 + overlap if older else 0
+            # the window after the newest one holds a random number of new targets; every later one is full
+            size = overlap + phases[u] if phases is not None and len(out) == first + 1 else max_len
     return out
+
+
+class EpochWindows:
+    """Training windows cut anew at every epoch with a random phase (`training_windows` with the training run's
+    generator), for `fit`, which calls it at the start of each epoch. `len()` is the size of the cut without a
+    phase (what an epoch holds on average, to within one window a user)."""
+
+    def __init__(self, seqs: list[list[int]], max_len: int, overlap: int = 0, newest_only: bool = False):
+        self.seqs, self.max_len, self.overlap, self.newest_only = seqs, max_len, overlap, newest_only
+        self._fixed = training_windows(seqs, max_len, overlap, newest_only)
+
+    def __call__(self, generator: torch.Generator | None) -> list[list[int]]:
+        if generator is None:
+            return self._fixed
+        return training_windows(self.seqs, self.max_len, self.overlap, self.newest_only, generator)
+
+    def __len__(self) -> int:
+        return len(self._fixed)

@@ -18,6 +18,9 @@ from molar_core.models.causal_transformer import CausalTransformer, Dropout, ber
 
 @dataclass
 class ContentConfig:
+    """The content user model's architecture. The defaults are the pipeline's (pipeline/params.py takes train's
+    from here), so a library user gets the model the default pipeline trains."""
+
     num_items: int
     input_dim: int  # width of the cached item vectors
     max_len: int = 50
@@ -27,7 +30,7 @@ class ContentConfig:
     dropout: float = 0.2
     adapter_hidden: int = 256
     hybrid: bool = False
-    norm: str = "pre"  # the small user transformer: pre-LN, or post-LN with BERT's N(0, 0.02) init (as SASRec's)
+    norm: str = "post"  # the small user transformer: post-LN with BERT's N(0, 0.02) init (as SASRec's), or pre-LN
     user_encoder: str = "small"  # small: CausalTransformer; llm: layers of a pretrained decoder LLM (llm_model)
     llm_model: str | None = None  # local directory of a causal LM (user_encoder: llm); dim = its hidden size
     llm_layers: int | None = None  # keep only the LLM's first N layers (None: all)

@@ -4,7 +4,7 @@ with an ID-based user model (SASRec).
 L = L_rec + alpha * L_align. L_align is a symmetric InfoNCE between the content user vector (through an optional
 linear head into the ID model's width) and the ID user vector of the same sequence prefix; the other rows of the
 batch are negatives. The ID model is frozen by default (pre-trained in `train_id`); `joint` trains it too, with
-its own cross-entropy added.
+its own full-catalogue cross-entropy added (whatever loss `train_id` used: the params refuse any other).
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ class MolarLossConfig:
     align_positions: str = "last"  # last: one user vector per sequence; all: every real position
     align_head: bool = True  # linear head from the content width to the ID width
     align_items: bool = False  # also align the batch's adapted item vectors with the ID model's item embeddings
-    align_max_rows: int = 2048  # bound on the B x B alignment matrix for `all`
-    joint: bool = False  # train the ID model too (with its own CE) instead of freezing it
-    id_cache_size: int = 1_000_000  # frozen ID user vectors kept per training sequence (align_positions: last)
+    align_max_rows: int = 2048  # bound on the alignment matrices (`all` positions; distinct items, drawn at random)
+    joint: bool = False  # train the ID model too (with its own full CE) instead of freezing it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,39 +56,16 @@ class Molar(nn.Module):
             for p in id_model.parameters():
                 p.requires_grad_(False)
         id_dim = id_model.cfg.dim if id_model is not None else content.cfg.dim
-        self._id_cache: dict[tuple[int, ...], int] = {}  # training sequence -> row of _id_table
-        self._id_table: torch.Tensor | None = None
         self.head = nn.Linear(content.cfg.dim, id_dim) if loss.align_head and id_model is not None else None
         if self.head is None and id_model is not None and id_dim != content.cfg.dim:
             raise ValueError(f"content dim {content.cfg.dim} != ID dim {id_dim}: enable align_head")
 
-    def _frozen_id_users(self, seqs: list[list[int]], id_in: torch.Tensor) -> torch.Tensor:
-        """The frozen ID model's user vector of each training sequence, computed once per distinct sequence
-        (the same windows come back every epoch, and a frozen model in eval mode gives the same vector)."""
-        keys = [tuple(s) for s in seqs]
-        missing = [i for i, k in enumerate(keys) if k not in self._id_cache]
-        fresh: dict[int, torch.Tensor] = {}
-        if missing:
-            self.id_model.eval()
-            with torch.no_grad():
-                vectors = self.id_model.user_vectors(id_in[missing])
-            fresh = dict(zip(missing, vectors))
-            room = max(self.loss_cfg.id_cache_size - len(self._id_cache), 0)
-            kept = missing[:room]
-            if kept:
-                # rows of one growing table, not one small tensor per batch: small long-lived tensors between
-                # each step's large temporaries fragment glibc's heap (GBs of freed memory held at 1e5 users)
-                first = len(self._id_cache)
-                if self._id_table is None or first + len(kept) > len(self._id_table):
-                    grown = torch.empty(max(2 * (first + len(kept)), 1024), vectors.shape[1], device=vectors.device)
-                    if self._id_table is not None:
-                        grown[:first] = self._id_table[:first]
-                    self._id_table = grown
-                self._id_table[first:first + len(kept)] = vectors[:len(kept)]
-                for row, i in enumerate(kept, start=first):
-                    self._id_cache[keys[i]] = row
-        return torch.stack([fresh[i] if i in fresh else self._id_table[self._id_cache[k]]
-                            for i, k in enumerate(keys)])
+    def _frozen_id_users(self, id_in: torch.Tensor) -> torch.Tensor:
+        """The frozen ID model's user vectors of this batch, recomputed every step (in eval mode, no graph):
+        training windows may change from one epoch to the next, so no per-window result is reused."""
+        self.id_model.eval()
+        with torch.no_grad():
+            return self.id_model.user_vectors(id_in)
 
     def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
         return self.content.user_vectors(seq)
@@ -144,14 +120,14 @@ class Molar(nn.Module):
                 total = total + id_rec
                 parts["id_rec"] = float(id_rec.detach())
             elif cfg.align_positions == "last":
-                hid = None  # only the last position is needed: cached per sequence below
+                hid = None  # only the last position is needed: _frozen_id_users below
             else:
                 self.id_model.eval()
                 with torch.no_grad():
                     hid = self.id_model.hidden(id_in)
             if cfg.align_alpha > 0:
                 if cfg.align_positions == "last":
-                    a, b = h[:, -1], hid[:, -1] if hid is not None else self._frozen_id_users(seqs, id_in)
+                    a, b = h[:, -1], hid[:, -1] if hid is not None else self._frozen_id_users(id_in)
                 else:
                     keep = real[:, -id_in.shape[1]:]
                     a, b = h[:, -id_in.shape[1]:][keep], hid[keep]
@@ -162,7 +138,10 @@ class Molar(nn.Module):
                     a = self.head(a)
                 align = symmetric_info_nce(a, b, cfg.align_tau)
                 if cfg.align_items:
-                    ids = torch.unique(targets[real])[: cfg.align_max_rows]
+                    ids = torch.unique(targets[real])
+                    if len(ids) > cfg.align_max_rows:  # a random subset: the lowest ids would always win
+                        pick = torch.randperm(len(ids), generator=generator)[: cfg.align_max_rows]
+                        ids = ids[pick.to(device)]
                     ai = items[local(ids) - 1]
                     bi = self.id_model.item_emb(ids).detach() if not cfg.joint else self.id_model.item_emb(ids)
                     if self.head is not None:

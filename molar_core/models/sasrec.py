@@ -16,13 +16,16 @@ from molar_core.models.causal_transformer import CausalTransformer, Dropout, ber
 
 @dataclass
 class SASRecConfig:
+    """SASRec's architecture. The defaults are the pipeline's (pipeline/params.py takes train_id's from here), so
+    a library user gets the model the default pipeline trains."""
+
     num_items: int  # real items; ids 1..num_items, 0 = padding
-    max_len: int = 200
+    max_len: int = 50
     dim: int = 64
     layers: int = 2
     heads: int = 2
     dropout: float = 0.2
-    norm: str = "pre"  # pre: pre-LayerNorm; post: RecBole's encoder (post-LN, input LN, N(0, 0.02) init, unscaled)
+    norm: str = "post"  # post: RecBole's encoder (post-LN, input LN, N(0, 0.02) init, unscaled); pre: pre-LayerNorm
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,25 +80,55 @@ def sasrec_loss(model: SASRec, seqs: list[list[int]], loss: str = "ce", num_nega
     return value, {"loss": float(value.detach())}
 
 
-def load_sasrec(directory, rebuild: str = "dvc repro train_id") -> SASRec:
-    """Load a SASRec checkpoint directory written by train_id (config.json + model.safetensors)."""
+WEIGHTS = {"model": "model.safetensors", "early_stopped": "early_stopped.safetensors"}
+
+
+def _read_config(directory, rebuild: str) -> dict:
     import json
-    from pathlib import Path
 
     from molar_core.errors import ArtifactError
-    from molar_core.vectors import load_tensors
 
-    directory = Path(directory)
     cfg_path = directory / "config.json"
     if not cfg_path.exists():
         raise ArtifactError(str(cfg_path), "not found", rebuild)
     conf = json.loads(cfg_path.read_text())
     if conf.get("model") != "sasrec":
         raise ArtifactError(str(cfg_path), f"is a {conf.get('model')!r} checkpoint, not sasrec", rebuild)
-    model = SASRec(SASRecConfig(**conf["config"]))
-    state = load_tensors(directory / "model.safetensors", rebuild)
+    return conf
+
+
+def sasrec_weights_path(directory, weights: str = "model", rebuild: str = "dvc repro train_id"):
+    """The weights file of a SASRec checkpoint directory. `early_stopped`: the early-stopped run's weights, which
+    differ from the saved model only after a refit (trained on the validation items too, so a model that
+    validates must not learn from it); without a refit the saved model is the early-stopped one."""
+    from pathlib import Path
+
+    from molar_core.errors import ArtifactError
+
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    directory = Path(directory)
+    conf = _read_config(directory, rebuild)
+    path = directory / WEIGHTS[weights if conf.get("refit") else "model"]
+    if not path.exists() and weights == "early_stopped":
+        raise ArtifactError(str(path), "not found: a refit SASRec needs its early-stopped weights beside it",
+                            rebuild)
+    return path
+
+
+def load_sasrec(directory, rebuild: str = "dvc repro train_id", weights: str = "model") -> SASRec:
+    """Load a SASRec checkpoint directory written by train_id (config.json + model.safetensors, or with
+    `weights="early_stopped"` the early-stopped run's weights: sasrec_weights_path)."""
+    from pathlib import Path
+
+    from molar_core.errors import ArtifactError
+    from molar_core.vectors import load_tensors
+
+    path = sasrec_weights_path(directory, weights, rebuild)
+    model = SASRec(SASRecConfig(**_read_config(Path(directory), rebuild)["config"]))
+    state = load_tensors(path, rebuild)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ArtifactError(str(directory / "model.safetensors"), f"incompatible checkpoint (missing {missing}, "
-                            f"unexpected {unexpected})", rebuild)
+        raise ArtifactError(str(path), f"incompatible checkpoint (missing {missing}, unexpected {unexpected})",
+                            rebuild)
     return model.eval()
