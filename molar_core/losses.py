@@ -76,10 +76,19 @@ def bce_one_negative(hidden: torch.Tensor, item_vectors: torch.Tensor, targets: 
     return loss_pos + loss_neg
 
 
-def symmetric_info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+def symmetric_info_nce(a: torch.Tensor, b: torch.Tensor, tau: float,
+                       groups: torch.Tensor | None = None) -> torch.Tensor:
     """Post-alignment: row i of `a` and row i of `b` describe the same user (or position); the other rows of
-    the batch are negatives. Cosine similarity over `tau`, both directions averaged."""
+    the batch are negatives. Cosine similarity over `tau`, both directions averaged.
+
+    With `groups` ((B,) user ids), pairs (i, j), i != j, of the same group are left out of both softmaxes: a long
+    history is cut into several windows that can share a batch, and another window of the same user describes
+    the same person at another time, so pushing it away as a negative would contradict the alignment target.
+    The positives (the diagonal) stay."""
     a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     logits = a @ b.T / tau
     labels = torch.arange(len(a), device=a.device)
+    if groups is not None:
+        same = (groups.unsqueeze(0) == groups.unsqueeze(1)) & (labels.unsqueeze(0) != labels.unsqueeze(1))
+        logits = logits.masked_fill(same, float("-inf"))  # symmetric mask: the same pairs leave logits.T
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))

@@ -253,6 +253,8 @@ class TrainParams(UserModelParams):
     align_positions: Literal["last", "all"] = MolarLossConfig.align_positions
     align_head: bool = MolarLossConfig.align_head
     align_items: bool = MolarLossConfig.align_items
+    # false: a user's other windows in the batch are no alignment negatives; true: they are (for measurement)
+    align_same_user_negatives: bool = MolarLossConfig.align_same_user_negatives
     joint: bool = MolarLossConfig.joint  # train SASRec jointly (full cross-entropy) instead of keeping it frozen
 
     @model_validator(mode="after")

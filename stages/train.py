@@ -65,7 +65,8 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
                          hybrid=p.hybrid, norm=p.norm, user_encoder=p.user_encoder, llm_model=llm_dir, llm_layers=p.llm_layers)
     lcfg = MolarLossConfig(rec_loss=p.rec_loss, num_negatives=p.num_negatives, temperature=p.temperature,
                            align_alpha=p.align_alpha, align_tau=p.align_tau, align_positions=p.align_positions,
-                           align_head=p.align_head, align_items=p.align_items, joint=p.joint)
+                           align_head=p.align_head, align_items=p.align_items, joint=p.joint,
+                           align_same_user_negatives=p.align_same_user_negatives)
     id_dir = None
     if p.align_alpha > 0 or p.joint:  # aligned to a SASRec trained on this very data
         id_dir = open_trained(root, "sasrec", stats).path

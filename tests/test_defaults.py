@@ -21,7 +21,7 @@ CASES = [  # (params section, its schema, the dataclass, the fields both have)
      ARCHITECTURE | {"norm", "adapter_hidden", "hybrid", "user_encoder", "llm_model", "llm_layers"}),
     ("train", TrainParams, MolarLossConfig,
      {"rec_loss", "num_negatives", "temperature", "align_alpha", "align_tau", "align_positions", "align_head",
-      "align_items", "joint"}),
+      "align_items", "align_same_user_negatives", "joint"}),
 ]
 
 

@@ -14,7 +14,7 @@ import yaml
 from tests.conftest import write_ml100k_slice
 
 ROOT = Path(__file__).resolve().parents[1]
-EXP_SHOW_KEY_COLUMNS = ["--drop", ".*", "--keep", r"Experiment|rev|.*test\.ndcg@10$|.*test\.recall@10$|train_id\.lr|.*align_alpha"]
+EXP_SHOW_KEY_COLUMNS = ["--drop", ".*", "--keep", r"Experiment|rev|.*test\.ndcg@10$|.*test\.recall@10$|train_id\.lr$|.*align_alpha"]
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "molar_core", "stages", "pipeline", ".dvc/config",
                  ".dvc/.gitignore"]
 

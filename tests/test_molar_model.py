@@ -1,6 +1,7 @@
 """The content user model and Molar's losses: shapes, alignment behaviour, and the loss definitions
 against direct computations."""
 
+import dataclasses
 import math
 
 import pytest
@@ -27,6 +28,34 @@ def test_symmetric_info_nce_matches_direct_formula():
     # perfectly aligned, well separated pairs give a loss near zero
     e = torch.eye(5)
     assert float(symmetric_info_nce(e, e, 0.05)) < 1e-3
+
+
+def _grouped_info_nce_loop(a: torch.Tensor, b: torch.Tensor, tau: float, groups: list[int]) -> float:
+    """The symmetric InfoNCE written out: row i's softmax runs over its positive and the rows of other groups."""
+    an, bn = F.normalize(a.double(), dim=-1), F.normalize(b.double(), dim=-1)
+    sim = (an @ bn.T / tau).tolist()
+    n, total = len(groups), 0.0
+    for i in range(n):
+        others = [j for j in range(n) if j == i or groups[j] != groups[i]]
+        total -= sim[i][i] - math.log(sum(math.exp(sim[i][j]) for j in others))  # content i against ID rows
+        total -= sim[i][i] - math.log(sum(math.exp(sim[j][i]) for j in others))  # ID i against content rows
+    return total / (2 * n)
+
+
+def test_symmetric_info_nce_leaves_out_pairs_of_the_same_user():
+    """Rows of one user (group) are not each other's negatives, in both directions; the positive stays."""
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8)
+    groups = [0, 1, 0, 2, 1, 0]
+    got = symmetric_info_nce(a, b, 0.3, torch.tensor(groups))
+    assert abs(float(got.detach()) - _grouped_info_nce_loop(a.detach(), b, 0.3, groups)) < 1e-5
+    assert abs(float(got.detach()) - float(symmetric_info_nce(a, b, 0.3).detach())) > 1e-3  # the mask matters
+    got.backward()
+    assert torch.isfinite(a.grad).all()
+    # all users distinct: exactly the unmasked loss; a single user: only positives, loss 0
+    distinct = torch.tensor([5, 3, 9, 0, 1, 2])
+    assert torch.equal(symmetric_info_nce(a, b, 0.3, distinct), symmetric_info_nce(a, b, 0.3))
+    assert float(symmetric_info_nce(a, b, 0.3, torch.zeros(6, dtype=torch.long))) == 0.0
 
 
 def test_cosine_info_nce_full_and_sampled_mask_positive():
@@ -119,9 +148,9 @@ def _alignment_targets(monkeypatch):
 
     calls = []
 
-    def recording(a, b, tau):
+    def recording(a, b, tau, groups=None):
         calls.append((a.detach().clone(), b.detach().clone()))
-        return symmetric_info_nce(a, b, tau)
+        return symmetric_info_nce(a, b, tau, groups)
 
     monkeypatch.setattr(molar_module, "symmetric_info_nce", recording)
     return calls
@@ -224,7 +253,8 @@ SEQS = [[1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18], [19
 @pytest.mark.parametrize("max_rows", [2048, 7])
 def test_align_all_positions_is_the_info_nce_of_every_real_position(max_rows):
     """align_positions all: one pair per real position (the last min(content, SASRec max_len) ones), the ID side
-    from the frozen SASRec's hidden states; more pairs than align_max_rows are a draw from the generator."""
+    from the frozen SASRec's hidden states, positions of one sequence not each other's negatives; more pairs
+    than align_max_rows are a draw from the generator."""
     from molar_core.data.sequences import next_item_pairs
 
     model, content, sas = _small(sas_len=6, align_alpha=0.5, align_positions="all", align_max_rows=max_rows)
@@ -234,12 +264,40 @@ def test_align_all_positions_is_the_info_nce_of_every_real_position(max_rows):
         h = content.hidden(inputs)[:, -6:]
         keep = targets[:, -6:] > 0
         a, b = h[keep], sas.eval().hidden(inputs[:, -6:])[keep]
+        users = [row for row, n in enumerate(keep.sum(1).tolist()) for _ in range(n)]
         assert len(a) == 4 + 2 + 6 + 3  # the 10-item sequence keeps its last 6 positions
         if len(a) > max_rows:
             idx = torch.randperm(len(a), generator=torch.Generator().manual_seed(5))[:max_rows]
-            a, b = a[idx], b[idx]
-        ref = symmetric_info_nce(model.head(a), b, 0.2)
-    assert abs(parts["align"] - float(ref)) < 1e-5
+            a, b, users = a[idx], b[idx], [users[i] for i in idx.tolist()]
+        ref = _grouped_info_nce_loop(model.head(a), b, 0.2, users)
+    assert abs(parts["align"] - ref) < 1e-5
+
+
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_alignment_leaves_out_the_other_windows_of_the_same_user(positions):
+    """A history cut into two windows of one batch: neither window is the other's alignment negative (the loss
+    is the written-out one with the mask, not the unmasked one); align_same_user_negatives restores them."""
+    from molar_core.data.sequences import next_item_pairs, training_windows
+
+    windows = training_windows([list(range(1, 18)), [6, 7, 8], [19, 20, 1, 2]], 8)
+    assert [w.user for w in windows] == [0, 0, 1, 2]  # 17 items: two windows of at most 9
+    model, content, sas = _small(align_alpha=0.5, align_positions=positions)
+    _, parts = model.loss(windows)
+    inputs, targets = next_item_pairs(windows, 8)
+    with torch.no_grad():
+        if positions == "last":
+            a, b, users = content.user_vectors(inputs), sas.eval().user_vectors(inputs), [0, 0, 1, 2]
+        else:
+            keep = targets > 0
+            a, b = content.hidden(inputs)[keep], sas.eval().hidden(inputs)[keep]
+            users = [u for u, n in zip([0, 0, 1, 2], keep.sum(1).tolist()) for _ in range(n)]
+        ref = _grouped_info_nce_loop(model.head(a), b, 0.2, users)
+        unmasked = float(symmetric_info_nce(model.head(a), b, 0.2))
+    assert abs(parts["align"] - ref) < 1e-5
+    assert abs(parts["align"] - unmasked) > 1e-3
+    model.loss_cfg = dataclasses.replace(model.loss_cfg, align_same_user_negatives=True)
+    _, parts = model.loss(windows)
+    assert abs(parts["align"] - unmasked) < 1e-5
 
 
 def test_align_without_head_has_no_head_and_aligns_raw_vectors():

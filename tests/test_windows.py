@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from molar_core.data.sequences import EpochWindows, training_windows
+from molar_core.data.sequences import EpochWindows, Window, row_users, training_windows
 from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
 from molar_core.resume import TrainingResume
 from molar_core.training import FitConfig, fit, seed_everything
@@ -37,6 +37,25 @@ def test_every_cut_trains_every_pair_once_and_keeps_the_newest_window(overlap):
     assert len(starts) > 1
     # short histories (one window) are the same in every cut
     assert all([list(w) for w in cut if w[0] >= 300] == [SEQS[3]] for cut in cuts)
+
+
+@pytest.mark.parametrize("overlap", [0, 3])
+@pytest.mark.parametrize("phase", [False, True])
+def test_every_window_carries_the_user_it_was_cut_from(overlap, phase):
+    """`Window.user` is the index of the history each window is a slice of, in every kind of cut."""
+    gen = torch.Generator().manual_seed(1) if phase else None
+    cuts = [training_windows(SEQS, 10, overlap, generator=gen) for _ in range(3)]
+    cuts.append(training_windows(SEQS, 10, overlap, newest_only=True, generator=gen))
+    cuts.append(EpochWindows(SEQS, 10, overlap)(gen))
+    for cut in cuts:
+        for w in cut:
+            s, n = SEQS[w.user], len(w)
+            assert any(s[i:i + n] == list(w) for i in range(len(s) - n + 1))
+        assert sorted({w.user for w in cut}) == [0, 1, 2, 3]
+    assert sum(w.user == 0 for w in cuts[0]) > 1  # the 130-item history gives several windows of user 0
+    # a batch's users: plain lists and windows without one are users of their own
+    batch = [cuts[0][0], [1, 2], cuts[0][1], Window([3, 4]), [5, 6]]
+    assert row_users(batch).tolist() == [0, -2, 0, -4, -5]
 
 
 def test_cuts_depend_only_on_the_generator_state():

@@ -19,11 +19,14 @@ def pad_left(seqs: list[list[int]] | list[np.ndarray], max_len: int) -> torch.Te
 
 class Window(list):
     """A training window whose first `context_only` targets are trained in an older, overlapping window (where
-    they have more history before them): they are inputs here, never targets."""
+    they have more history before them): they are inputs here, never targets. `user` is the index of the history
+    it was cut from, so a loss that contrasts the rows of a batch can tell the windows of one user apart from
+    other users (None: unknown, counted as a user of its own, as a plain list is)."""
 
-    def __init__(self, items: list[int], context_only: int = 0):
+    def __init__(self, items: list[int], context_only: int = 0, user: int | None = None):
         super().__init__(items)
         self.context_only = context_only
+        self.user = user
 
 
 def next_item_pairs(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,6 +35,13 @@ def next_item_pairs(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, 
     skips = [min(getattr(s, "context_only", 0), len(s) - 1) for s in seqs]  # plain lists: every target
     targets = [[0] * k + s[1 + k:] for s, k in zip(seqs, skips)]
     return pad_left(inputs, max_len), pad_left(targets, max_len)
+
+
+def row_users(seqs: list[list[int]]) -> torch.Tensor:
+    """Each row's user (`Window.user`), (B,) int64; a row without one (a plain list) gets an id of its own,
+    below 0, so it shares a user with no other row."""
+    users = [getattr(s, "user", None) for s in seqs]
+    return torch.tensor([-1 - i if u is None else u for i, u in enumerate(users)], dtype=torch.long)
 
 
 def training_windows(seqs: list[list[int]], max_len: int, overlap: int = 0,
@@ -49,7 +59,9 @@ def training_windows(seqs: list[list[int]], max_len: int, overlap: int = 0,
     With a `generator` the window ending at the newest item stays as it is, and the next older window holds a
     random number of targets (1..max_len - overlap, drawn per user): the boundaries of every older window move
     from one call to the next, so a model trained on a new cut each epoch sees each old target with a
-    different amount of history before it (still one training per target per cut)."""
+    different amount of history before it (still one training per target per cut).
+
+    Every window carries the index of its sequence in `seqs` (`Window.user`)."""
     if not 0 <= overlap < max_len:
         raise ValueError(f"window overlap must be in [0, max_len={max_len}), got {overlap}")
     phases = (torch.randint(1, max_len - overlap + 1, (len(seqs),), generator=generator).tolist()
@@ -60,7 +72,7 @@ def training_windows(seqs: list[list[int]], max_len: int, overlap: int = 0,
         while end >= 2:
             start = max(0, end - size - 1)
             older = start > 0 and not newest_only  # an older window follows and trains the shared targets
-            out.append(Window(s[start:end], overlap if older else 0))
+            out.append(Window(s[start:end], overlap if older else 0, user=u))
             end = start + 1 + overlap if older else 0
             # the window after the newest one holds a random number of new targets; every later one is full
             size = overlap + phases[u] if phases is not None and len(out) == first + 1 else max_len

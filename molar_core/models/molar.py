@@ -2,9 +2,10 @@
 with an ID-based user model (SASRec).
 
 L = L_rec + alpha * L_align. L_align is a symmetric InfoNCE between the content user vector (through an optional
-linear head into the ID model's width) and the ID user vector of the same sequence prefix; the other rows of the
-batch are negatives. The ID model is frozen by default (pre-trained in `train_id`); `joint` trains it too, with
-its own full-catalogue cross-entropy added (whatever loss `train_id` used: the params refuse any other).
+linear head into the ID model's width) and the ID user vector of the same sequence prefix; the rows of the batch
+from other users are negatives (the same user's other windows and positions are not). The ID model is frozen by
+default (pre-trained in `train_id`); `joint` trains it too, with its own full-catalogue cross-entropy added
+(whatever loss `train_id` used: the params refuse any other).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from molar_core.data.sequences import next_item_pairs
+from molar_core.data.sequences import next_item_pairs, row_users
 from molar_core.losses import (
     bce_one_negative,
     cosine_info_nce,
@@ -37,6 +38,7 @@ class MolarLossConfig:
     align_head: bool = True  # linear head from the content width to the ID width
     align_items: bool = False  # also align the batch's adapted item vectors with the ID model's item embeddings
     align_max_rows: int = 2048  # bound on the alignment matrices (`all` positions; distinct items, drawn at random)
+    align_same_user_negatives: bool = False  # True: a user's other windows (positions) are alignment negatives too
     joint: bool = False  # train the ID model too (with its own full CE) instead of freezing it
 
     def to_dict(self) -> dict:
@@ -126,17 +128,21 @@ class Molar(nn.Module):
                 with torch.no_grad():
                     hid = self.id_model.hidden(id_in)
             if cfg.align_alpha > 0:
+                # each aligned row's user: rows of one user are not each other's negatives
+                users = None if cfg.align_same_user_negatives else row_users(seqs).to(device)
                 if cfg.align_positions == "last":
                     a, b = h[:, -1], hid[:, -1] if hid is not None else self._frozen_id_users(id_in)
                 else:
                     keep = real[:, -id_in.shape[1]:]
                     a, b = h[:, -id_in.shape[1]:][keep], hid[keep]
+                    users = users.unsqueeze(1).expand_as(keep)[keep] if users is not None else None
                     if len(a) > cfg.align_max_rows:
                         idx = torch.randperm(len(a), generator=generator)[: cfg.align_max_rows].to(device)
                         a, b = a[idx], b[idx]
+                        users = users[idx] if users is not None else None
                 if self.head is not None:
                     a = self.head(a)
-                align = symmetric_info_nce(a, b, cfg.align_tau)
+                align = symmetric_info_nce(a, b, cfg.align_tau, users)
                 if cfg.align_items:
                     ids = torch.unique(targets[real])
                     if len(ids) > cfg.align_max_rows:  # a random subset: the lowest ids would always win
