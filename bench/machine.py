@@ -1,4 +1,5 @@
-"""This machine's ceilings, measured in the calling script: matmul FLOP/s and memory bandwidth.
+"""This machine and checkout: what a result records about where it was measured (`describe`, `checkout`), and
+the machine's ceilings, measured in the calling script: matmul FLOP/s and memory bandwidth.
 
 Every bench that reports a fraction of the hardware measures the ceiling in the same process, with the same
 thread count, right before its workload, so load from other work skews both alike.
@@ -6,9 +7,46 @@ thread count, right before its workload, so load from other work skews both alik
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def describe() -> dict:
+    """CPU model and counts, OS, Python, torch and the GPU torch sees: the conditions a results table carries."""
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"cpu": cpu, "cpus": os.cpu_count(), "cpus_usable": usable, "os": platform.platform(),
+            "python": sys.version.split()[0], "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def checkout() -> dict:
+    """The commit this code is, and whether tracked files differ from it (then the numbers are not that commit's)."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
 def best_seconds(fn, reps: int = 3) -> float:

@@ -1,21 +1,24 @@
 """Many training configurations over several seeds, in parallel processes, from one embedded workspace: the
-post-alignment study (weight, temperature, positions, item alignment, hybrid) and multi-seed tables, on a
-machine with many cores or a GPU.
+post-alignment study (weight, temperature, positions, item alignment, hybrid), the paper's arms and multi-seed
+tables, on a machine with many cores or a GPU.
 
     python bench/sweep.py --workspace W --params bench/amazon_scientific.yaml --set train.patience=15 \
         --seeds 0 1 2 --variants content molar molar_items --jobs 8 --out /tmp/sweep
-    python bench/sweep.py --report /tmp/sweep [/tmp/other-sweep ...]
+    python bench/sweep.py --report /tmp/sweep [/tmp/other-sweep ...] --pairs molar:content molar_bce:content_bce
 
 W is a workspace whose `data/prepared` and `artifacts/embeddings` exist (`dvc repro embed`, or bench/pipeline.py's
-shared workspace). Each seed gets OUT/seedS with those two folders copied and a params.yaml (PARAMS + --set +
-that seed + the variants of VARIANTS), then runs `python -m stages.train_id` and `python -m stages.train NAME`
-for every variant, the commands `dvc repro` runs, at most --jobs at a time. Test metrics come from the saved
-vectors by exact torch ranking with the history masked (molar_core.ranking, tested equal to the FAISS path that
-`evaluate` takes), per user, into OUT/seedS/results/MODEL.json as each model finishes, so the report gives
+shared workspace); without --workspace, OUT/base is made first by the prepare and embed stages with the sweep's
+params (run from the repo root: relative data paths in PARAMS are read from there). Each seed gets OUT/seedS with
+those two folders copied and a params.yaml (PARAMS + --set + that seed + the variants of VARIANTS), then runs
+`python -m stages.train_id` and `python -m stages.train NAME` for every variant, the commands `dvc repro` runs,
+at most --jobs at a time. Test metrics come from the saved vectors by exact torch ranking with the history
+masked (molar_core.ranking, tested equal to the FAISS path that `evaluate` takes), per user, into
+OUT/seedS/results/MODEL.json as each model finishes (with the machine and commit it ran on), so the report gives
 each model's mean over seeds with a 95% t-interval, its early-stopped run's best validation NDCG@10 (the number
-to choose settings by), and its paired bootstrap interval over users (seeds pooled) against SASRec.
+to choose settings by), its paired bootstrap interval over users (seeds pooled) against SASRec, and with
+--pairs A:B the same interval of A − B for each pair, also relative to B's mean (bench/paper_table.py reads it).
 `--variants` with no names trains SASRec only. Nothing here needs FAISS, so the script runs where only torch,
-polars and pydantic are installed.
+polars and pydantic are installed (and the embed stage's encoder, to make OUT/base).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import checkout, describe  # noqa: E402
 from bench.stage_process import run_stage  # noqa: E402
 from molar_core.checkpoint import open_checkpoint  # noqa: E402
 from molar_core.io import read_json, write_json_atomic  # noqa: E402
@@ -57,7 +61,28 @@ VARIANTS = {  # name -> overrides of the `train` section
     "hybrid_post": {"align_alpha": 0.0, "hybrid": True, "norm": "post"},
     "molar_post": {"align_alpha": 0.5, "norm": "post"},
     "molar_items_post": {"align_alpha": 0.5, "align_items": True, "norm": "post"},
+    # the paper's central claim (bench/paper_table.py): alignment as the paper writes it (no projection head),
+    # with SASRec trained jointly, and the paper text's loss (BCE, one negative) with and without alignment
+    "molar_direct": {"align_alpha": 0.5, "align_head": False},
+    "molar_joint": {"align_alpha": 0.5, "joint": True},
+    "content_bce": {"align_alpha": 0.0, "rec_loss": "bce"},
+    "molar_bce": {"align_alpha": 0.5, "rec_loss": "bce"},
 }
+PAPER_PAIRS = ["molar:content", "molar_direct:content", "molar_joint:content", "molar_bce:content_bce"]
+
+
+def base_workspace(args) -> Path:
+    """OUT/base, prepared and embedded once for every seed (neither stage reads the seed); in this process,
+    from the current directory, as bench/pipeline.py runs them, so PARAMS' relative data paths keep working.
+    A rerun repeats both: prepare is deterministic and embed reuses every cached vector (and completes a cache
+    an interrupted run left)."""
+    from stages import embed, prepare
+
+    ws = args.out / "base"
+    params = load_params(args.params, overrides=dotted_overrides(args.set))
+    prepare.run(params.prepare, ws)
+    embed.run(params.embed, ws)
+    return ws
 
 
 def seed_workspace(args, seed: int) -> Path:
@@ -97,7 +122,8 @@ def train_and_score(ws: Path, seed: int, model: str) -> None:
         return
     argv = ["stages.train_id"] if model == "sasrec" else ["stages.train", model]
     run_stage(ws, argv, ws / f"{'_'.join(argv)}.log")
-    write_json_atomic(ws / "results" / f"{model}.json", {"seed": seed, "model": model, **test_ndcg(ws, model)})
+    write_json_atomic(ws / "results" / f"{model}.json", {"seed": seed, "model": model, **test_ndcg(ws, model),
+                                                        "machine": describe(), **checkout()})
     print(f"seed {seed} {model}: test NDCG@10 {read_json(ws / 'results' / f'{model}.json')['ndcg@10']:.4f}",
           flush=True)
 
@@ -111,38 +137,96 @@ def run(args) -> None:
         list(pool.map(lambda j: train_and_score(seeds[j[0]], j[0], j[1]), jobs))
 
 
-def report(dirs: list[Path], against: list[str]) -> None:
+def load_runs(dirs: list[Path]) -> dict[int, dict[str, dict]]:
+    """seed -> model -> its result JSON, from every OUT/seedS/results/MODEL.json of these sweep folders (a later
+    folder's run of the same model and seed replaces an earlier one's)."""
+    by_seed: dict[int, dict[str, dict]] = {}
+    for f in (f for d in dirs for f in sorted(Path(d).glob("seed*/results/*.json"))):
+        r = read_json(f)
+        by_seed.setdefault(r["seed"], {})[r["model"]] = r
+    return dict(sorted(by_seed.items()))
+
+
+def paired_gain(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> dict | None:
+    """A − B over the same users, the seeds both have pooled: the paired bootstrap interval of the difference,
+    and the same divided by B's pooled mean (the relative gain; its interval has the difference's sign, since
+    B's mean is taken as fixed). Each seed's two arrays are one value per test user, in the same user order."""
+    seeds = [s for s in a if s in b]
+    if not seeds:
+        return None
+    for s in seeds:
+        if len(a[s]) != len(b[s]):
+            raise ValueError(f"seed {s}: {len(a[s])} users against {len(b[s])}; a paired difference needs the "
+                             "same test users")
+    xa = np.concatenate([np.asarray(a[s], dtype=np.float64) for s in seeds])
+    xb = np.concatenate([np.asarray(b[s], dtype=np.float64) for s in seeds])
+    pb = paired_bootstrap(xa, xb)
+    base = float(xb.mean())
+    rel = {f"relative{end}": pb[key] / base if base > 0 else None
+           for end, key in (("", "diff"), ("_low", "ci_low"), ("_high", "ci_high"))}
+    means_a, means_b = [float(np.mean(a[s])) for s in seeds], [float(np.mean(b[s])) for s in seeds]
+    return {"seeds": seeds, "users_pooled": len(xa), "mean_a": float(xa.mean()), "mean_b": base,
+            "seed_means_a": means_a, "seed_means_b": means_b, "t_a": t_interval(means_a),
+            "t_b": t_interval(means_b), **pb, **rel}
+
+
+def compare(by_seed: dict[int, dict[str, dict]], a: str, b: str) -> dict | None:
+    """paired_gain of model `a` against model `b` on the per-user test NDCG@10 of the sweep's result JSONs."""
+    def per_user(m: str) -> dict[int, np.ndarray]:
+        return {s: np.asarray(runs[m]["per_user_ndcg@10"]) for s, runs in by_seed.items() if m in runs}
+
+    return paired_gain(per_user(a), per_user(b))
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    a, sep, b = text.partition(":")
+    if not (sep and a and b):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected A:B (the models of one comparison, A − B)")
+    return a, b
+
+
+def report(dirs: list[Path], against: list[str], pairs: list[tuple[str, str]] = ()) -> list[dict]:
     """Each model's test NDCG@10 per seed, mean with a t-interval over seeds, and its paired bootstrap
-    difference over users (seeds pooled) to each model in `against`, over the seeds both have."""
-    runs = [read_json(f) for d in dirs for f in sorted(d.glob("seed*/results/*.json"))]
-    seeds = sorted({r["seed"] for r in runs})
-    by_seed: dict[int, dict] = {s: {} for s in seeds}
-    for r in runs:
-        by_seed[r["seed"]][r["model"]] = r
-    models = list(dict.fromkeys(["sasrec", *(r["model"] for r in runs)]))
+    difference over users (seeds pooled) to each model in `against`, over the seeds both have; then each pair
+    A:B of `pairs` with A − B, absolute and relative to B. Returns the pairs' numbers."""
+    by_seed = load_runs(dirs)
+    seeds = list(by_seed)
+    models = list(dict.fromkeys(["sasrec", *(m for runs in by_seed.values() for m in runs)]))
     print("| test NDCG@10 | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% t | valid (mean) | "
           + " | ".join(f"− {b}, paired bootstrap over users (seeds pooled)" for b in against) + " |")
     print("| --- " * (len(seeds) + 3 + len(against)) + "|")
     for m in models:
         have = [s for s in seeds if m in by_seed[s]]
         cells = [f"{by_seed[s][m]['ndcg@10']:.4f}" if m in by_seed[s] else "" for s in seeds]
-        cells.append(t_interval([by_seed[s][m]["ndcg@10"] for s in have]))
+        cells.append(t_interval([by_seed[s][m]["ndcg@10"] for s in have]) if have else "")
         valid = [by_seed[s][m]["valid_ndcg@10"] for s in have if by_seed[s][m].get("valid_ndcg@10") is not None]
         cells.append(f"{np.mean(valid):.4f}" if valid else "")  # the early-stopped run's best (the selection)
         for b in against:
-            both = [s for s in have if b in by_seed[s]]
-            if m == b or not both:
-                cells.append("")
-                continue
-            pb = paired_bootstrap(np.concatenate([by_seed[s][m]["per_user_ndcg@10"] for s in both]),
-                                  np.concatenate([by_seed[s][b]["per_user_ndcg@10"] for s in both]))
-            cells.append(f"{pb['diff']:+.4f} [{pb['ci_low']:+.4f}, {pb['ci_high']:+.4f}]")
+            pb = None if m == b else compare(by_seed, m, b)
+            cells.append(f"{pb['diff']:+.4f} [{pb['ci_low']:+.4f}, {pb['ci_high']:+.4f}]" if pb else "")
         print(f"| {m} | " + " | ".join(cells) + " |")
+    out = []
+    if pairs:
+        print("\n| A − B | seeds | A: mean ± 95% t | B: mean ± 95% t | A − B, paired bootstrap over users "
+              "(seeds pooled) | relative to B |")
+        print("| --- " * 6 + "|")
+    for a, b in pairs:
+        pb = compare(by_seed, a, b)
+        if pb is None:
+            print(f"| {a} − {b} | none with both | | | | |")
+            continue
+        out.append({"a": a, "b": b, **pb})
+        print(f"| {a} − {b} | {' '.join(map(str, pb['seeds']))} | {pb['t_a']} | {pb['t_b']} | "
+              f"{pb['diff']:+.4f} [{pb['ci_low']:+.4f}, {pb['ci_high']:+.4f}] | "
+              + (f"{pb['relative']:+.1%} [{pb['relative_low']:+.1%}, {pb['relative_high']:+.1%}] |"
+                 if pb["relative"] is not None else "|"))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--workspace", type=Path, help="holds data/prepared and artifacts/embeddings")
+    ap.add_argument("--workspace", type=Path,
+                    help="holds data/prepared and artifacts/embeddings (default: OUT/base, made here)")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -154,13 +238,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--report", type=Path, nargs="+", help="only print the table of these sweep folders")
     ap.add_argument("--against", nargs="+", default=["sasrec"], help="models each row is compared with")
+    ap.add_argument("--pairs", nargs="*", type=parse_pair, default=[], metavar="A:B",
+                    help=f"A − B over users, also relative to B (the paper's: {' '.join(PAPER_PAIRS)})")
     args = ap.parse_args()
     if args.report:
-        return report(args.report, args.against)
-    if not (args.workspace and args.out):
-        ap.error("--workspace and --out are needed to run a sweep")
+        report(args.report, args.against, args.pairs)
+        return
+    if not args.out:
+        ap.error("--out is needed to run a sweep")
+    args.workspace = args.workspace or base_workspace(args)
     run(args)
-    report([args.out], args.against)
+    report([args.out], args.against, args.pairs)
 
 
 if __name__ == "__main__":

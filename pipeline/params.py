@@ -82,6 +82,8 @@ class PrepareParams(Section):
     k_core_user: int = Field(5, ge=1)  # iterative k-core: users with fewer interactions are removed
     k_core_item: int = Field(1, ge=1)
     max_seq_len: int | None = Field(None, ge=3)  # keep only each user's most recent interactions
+    sample_users: int | None = Field(None, ge=1)  # after k-core, a random subset of this many users (null: all)
+    sample_seed: int = Field(0, ge=0)  # numpy default_rng seed of that draw
 
     @model_validator(mode="after")
     def _source_inputs(self) -> "PrepareParams":

@@ -66,7 +66,8 @@ def run(p: PrepareParams, root: Path = Path(".")) -> dict:
                           url_cache_dir=str(root / p.images.url_cache_dir), url_schemes=list(p.images.url_schemes),
                           max_bytes=p.images.max_bytes)
         items, image_counts = attach_images(items, cfg, raw.items_file)
-    prepared = process(raw, ProcessConfig(p.min_rating, p.k_core_user, p.k_core_item, p.max_seq_len), items)
+    prepared = process(raw, ProcessConfig(p.min_rating, p.k_core_user, p.k_core_item, p.max_seq_len,
+                                          p.sample_users, p.sample_seed), items)
     stats = prepared.stats
     stats["images"]["missing_by_reason_in_items_table"] = image_counts
     stats["params"] = p.model_dump()
@@ -78,7 +79,10 @@ def run(p: PrepareParams, root: Path = Path(".")) -> dict:
         write_parquet_atomic(out / paths.TEST.name, prepared.test)
         write_json_atomic(out / paths.STATS.name, stats)
     d = stats["rows"]["dropped"]
-    summary("prepare", f"{stats['users']:,} users, {stats['items']:,} items, {stats['interactions']:,} interactions "
+    s = stats["sample"]
+    users = f"{stats['users']:,} users" + (f" (a random {s['users']:,} of {s['from_users']:,}, seed {s['seed']})"
+                                           if s else "")
+    summary("prepare", f"{users}, {stats['items']:,} items, {stats['interactions']:,} interactions "
             f"from {stats['rows']['input']:,} rows (dropped: {', '.join(f'{k} {v:,}' for k, v in d.items() if v) or 'none'}); "
             f"images for {stats['images']['item_coverage']:.1%} of items; source: {stats['source']}")
     return stats

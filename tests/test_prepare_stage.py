@@ -184,3 +184,77 @@ def test_prepare_amazon_scientific_table(tmp_path):
     assert first["title"] == first["raw_item_id"]  # no title column: the raw id
     assert first["text"] == f"Title: {first['raw_item_id']}. Text: {texts[first['raw_item_id']].strip()}"
     check_consistency(frames, stats)
+
+
+# ------------------------------------------------------------------------------------------------ sample_users
+
+
+def sequences(root: Path) -> dict[str, list[str]]:
+    """raw user id -> chronological raw item ids, read back from a prepared directory."""
+    frames, _ = reload(root)
+    id2raw = dict(zip(frames["items"]["item_id"], frames["items"]["raw_item_id"]))
+    test = frames["test"]
+    return {u: [id2raw[i] for i in h + [t]]
+            for u, h, t in zip(test["raw_user_id"], test["history"].to_list(), test["target"])}
+
+
+def sampled_params(data_dir: Path, **prepare) -> PrepareParams:
+    from tests.conftest import small_params
+
+    return PrepareParams(**{**small_params(data_dir).prepare.model_dump(), "images": {}, **prepare})
+
+
+def test_sample_users_keeps_whole_users_of_the_filtered_data(ml_small, tmp_path):
+    full = run(sampled_params(ml_small), tmp_path / "full")
+    seqs_full = sequences(tmp_path / "full")
+    assert full["sample"] is None and "not_sampled" not in full["rows"]["dropped"]
+    assert full["users"] == len(seqs_full) > 40
+
+    stats, again = run_twice_identical(sampled_params(ml_small, sample_users=40, sample_seed=3), tmp_path / "a")
+    frames, written = reload(tmp_path / "a")
+    assert written == json.loads(json.dumps(stats))
+    check_consistency(frames, written)  # item ids 1..N, each used: items of unsampled users left the catalogue
+    seqs = sequences(tmp_path / "a")
+    assert stats["users"] == len(seqs) == 40 and len(set(seqs)) == 40
+    assert all(seqs[u] == seqs_full[u] for u in seqs)  # same items in the same order as without sampling
+    assert all(len(s) >= max(5, 3) for s in seqs.values())  # k_core_user still holds
+    assert stats["items"] == len({i for s in seqs.values() for i in s}) < full["items"]
+    rows = stats["rows"]
+    assert rows["input"] == full["rows"]["input"] == rows["kept"] + sum(rows["dropped"].values())
+    assert rows["kept"] == sum(map(len, seqs.values()))
+    assert rows["dropped"]["not_sampled"] == sum(len(s) for u, s in seqs_full.items() if u not in seqs)
+    assert {k: v for k, v in rows["dropped"].items() if k != "not_sampled"} == full["rows"]["dropped"]
+    assert stats["sample"] == {"users": 40, "seed": 3, "from_users": full["users"], "from_items": full["items"],
+                               "from_interactions": full["interactions"], "k_core_reapplied": False,
+                               "items_below_k_core_item": 0}  # fmt: skip
+    assert (stats["params"]["sample_users"], stats["params"]["sample_seed"]) == (40, 3)
+
+    other = run(sampled_params(ml_small, sample_users=40, sample_seed=4), tmp_path / "b")
+    seqs_other = sequences(tmp_path / "b")
+    assert other["users"] == 40 and set(seqs_other) != set(seqs)
+    assert all(seqs_other[u] == seqs_full[u] for u in seqs_other)
+
+
+def test_sample_users_equal_to_the_user_count_is_the_unsampled_data(ml_small, tmp_path):
+    full = run(sampled_params(ml_small), tmp_path / "full")
+    every = run(sampled_params(ml_small, sample_users=full["users"], sample_seed=9), tmp_path / "every")
+    assert parquet_bytes(tmp_path / "every") == parquet_bytes(tmp_path / "full")
+    assert every["rows"]["dropped"]["not_sampled"] == 0 and every["interactions"] == full["interactions"]
+
+
+def test_sample_users_above_the_user_count_names_the_key_and_the_count(ml_small, tmp_path):
+    from molar_core.errors import DataError
+
+    n = run(sampled_params(ml_small), tmp_path / "full")["users"]
+    with pytest.raises(DataError, match=rf"prepare\.sample_users={n + 1} is larger than the {n} users") as e:
+        run(sampled_params(ml_small, sample_users=n + 1), tmp_path / "too_many")
+    assert str(ml_small) in str(e.value)  # names the data it counted
+    assert not (tmp_path / "too_many" / paths.PREPARED).exists()  # nothing written
+
+
+@pytest.mark.parametrize(("key", "value"), [("sample_users", 0), ("sample_seed", -1)])
+def test_sample_settings_out_of_range_name_the_key(key, value):
+    from pipeline.params import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match=rf"prepare\.{key}"):
+        parse_params({"prepare": {key: value}})

@@ -535,3 +535,54 @@ def test_sequence_length_quantiles_small_case():
     assert (sl["min"], sl["max"]) == (3, 8)
     assert [sl["p25"], sl["median"], sl["p75"], sl["p90"]] == pytest.approx([3.75, 4.5, 5.75, 7.1])
     assert sl["mean"] == pytest.approx(5.0)
+
+
+# ------------------------------------------------------------------------------------------------ sample_users
+
+
+def test_sample_users_does_not_depend_on_row_order():
+    """The draw is made from the users sorted by raw id: shuffling the file changes nothing."""
+    rows = [(u, i, u * 100 + i) for u in range(1, 31) for i in range(1, 8)]  # distinct times: one order
+    shuffled = list(rows)
+    random.Random(1).shuffle(shuffled)
+    cfg = ProcessConfig(k_core_user=3, sample_users=11, sample_seed=5)
+    a, b = process(make_raw(rows), cfg), process(make_raw(shuffled), cfg)
+    assert sequences_by_raw(a) == sequences_by_raw(b) and len(sequences_by_raw(a)) == 11
+    assert a.stats["rows"]["dropped"]["not_sampled"] == 19 * 7
+
+
+def test_sample_users_is_uniform_over_users():
+    from molar_core.data.processing import sample_users
+
+    users = [str(u) for u in range(1, 11)]
+    inter = pl.DataFrame({"user": users, "item": ["x"] * 10})
+    counts = Counter()
+    for seed in range(2000):
+        got = sample_users(inter, 3, seed, "inter.csv")["user"].to_list()
+        assert len(set(got)) == 3
+        counts.update(got)
+    freq = np.array([counts[u] / 2000 for u in users])
+    assert np.all(np.abs(freq - 0.3) < 0.05), freq  # each user is drawn with probability 3/10
+
+
+def test_sample_users_with_k_core_item_keeps_sequences_and_counts_thin_items():
+    rows = random_rows(seed=11)
+    cfg = ProcessConfig(k_core_user=4, k_core_item=3)
+    full = process(make_raw(rows), cfg)
+    raw = make_raw(rows)
+    prep = process(raw, ProcessConfig(k_core_user=4, k_core_item=3, sample_users=8, sample_seed=2))
+    seqs, seqs_full = sequences_by_raw(prep), sequences_by_raw(full)
+    assert len(seqs) == 8 and all(seqs[u] == seqs_full[u] for u in seqs)  # k-core is not re-run
+    check_accounting(prep, raw)
+    assert prep.items["raw_item_id"].to_list() == natural_key({i for s in seqs.values() for i in s})
+    per_item = Counter(i for s in seqs.values() for i in s)
+    thin = sum(c < 3 for c in per_item.values())
+    assert thin > 0  # the case this test is about: the sample breaks k_core_item
+    assert prep.stats["sample"]["items_below_k_core_item"] == thin
+    assert prep.stats["sample"]["from_users"] == len(seqs_full)
+
+
+def test_sample_users_above_the_user_count_fails_naming_the_key():
+    rows = [(u, i, i) for u in range(5) for i in range(3)]
+    with pytest.raises(DataError, match=r"inter\.csv: prepare\.sample_users=6 is larger than the 5 users"):
+        process(make_raw(rows), ProcessConfig(k_core_user=3, sample_users=6))

@@ -2,8 +2,15 @@
 
 Order of steps (each drop is counted under its reason in `stats.json`):
 rating threshold -> unknown items -> duplicates (user, item) -> most recent `max_seq_len` per user ->
-iterative k-core (users need max(k_core_user, 3) interactions so that train, valid and test are non-empty).
+iterative k-core (users need max(k_core_user, 3) interactions so that train, valid and test are non-empty) ->
+optional random subset of `sample_users` users (`not_sampled`).
 Ties in time are broken by the row order of the source file, so the order is stable and deterministic.
+
+Sampling keeps or removes whole users after k-core and k-core is not applied again: every sampled user keeps
+exactly the sequence the unsampled run gives it, so k_core_user (and the 3-item minimum) still holds, and the
+sample has exactly `sample_users` users. Items are counted over the filtered data before sampling, so with
+k_core_item > 1 an item may have fewer interactions in the sample (`stats["sample"]` counts such items).
+Items left without interactions leave the catalogue: ids 1..N are assigned over the sampled interactions.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from molar_core.data.raw import RawDataset
@@ -26,6 +34,8 @@ class ProcessConfig:
     k_core_user: int = 5
     k_core_item: int = 1
     max_seq_len: int | None = None
+    sample_users: int | None = None  # keep a uniformly random subset of this many users after k-core
+    sample_seed: int = 0
 
 
 @dataclass
@@ -81,9 +91,20 @@ def check_prepared(name: str, df: pl.DataFrame, num_items: int | None, path: str
 def _natural_order(raw: pl.Series) -> pl.Series:
     """Sort raw ids numerically when all are integers (1, 2, 10), else as strings."""
     as_int = raw.cast(pl.Int64, strict=False)
-    if as_int.null_count() == 0:
-        return raw.gather(as_int.arg_sort())
+    if as_int.null_count() == 0:  # equal numbers ("7", "07") are ordered as strings: one order for any input
+        return pl.DataFrame({"n": as_int, "raw": raw}).sort(["n", "raw"])["raw"].alias(raw.name)
     return raw.sort()
+
+
+def sample_users(inter: pl.DataFrame, n: int, seed: int, file: str) -> pl.DataFrame:
+    """The rows of `n` users drawn uniformly without replacement by numpy's default_rng(seed) from the users
+    sorted by raw id (natural order), so the draw depends on the seed and the set of users, not on row order."""
+    users = _natural_order(inter["user"].unique())
+    if n > len(users):
+        raise DataError(file, f"prepare.sample_users={n} is larger than the {len(users)} users left after "
+                              f"filtering (k-core); set it to at most {len(users)}, or null for all users")
+    chosen = users.gather(np.sort(np.random.default_rng(seed).choice(len(users), size=n, replace=False)))
+    return inter.filter(pl.col("user").is_in(chosen.implode()))
 
 
 def render_text(title: str, fields: dict[str, str | None]) -> str:
@@ -161,6 +182,14 @@ def process(raw: RawDataset, cfg: ProcessConfig, items_with_images: pl.DataFrame
     if inter.height == 0:
         raise DataError(file, f"no user has >= {user_min} interactions after filtering "
                               f"(prepare.k_core_user={cfg.k_core_user}, k_core_item={cfg.k_core_item})")
+    sample = None
+    if cfg.sample_users is not None:
+        before, n_users, n_items = inter.height, inter["user"].n_unique(), inter["item"].n_unique()
+        inter = drop("not_sampled", before, sample_users(inter, cfg.sample_users, cfg.sample_seed, file))
+        item_counts = inter.group_by("item").len()["len"]
+        sample = {"users": cfg.sample_users, "seed": cfg.sample_seed, "from_users": n_users,
+                  "from_items": n_items, "from_interactions": before, "k_core_reapplied": False,
+                  "items_below_k_core_item": int((item_counts < cfg.k_core_item).sum())}
 
     # contiguous ids: items 1..N (0 = padding), users 0..U-1, both in natural raw-id order
     item_order = _natural_order(inter["item"].unique())
@@ -204,6 +233,7 @@ def process(raw: RawDataset, cfg: ProcessConfig, items_with_images: pl.DataFrame
         "items_table_rows": n_items_table,
         "items_without_interactions": (n_items_table - len(item_order)) if n_items_table is not None else None,
         "k_core": {"user_min": user_min, "item_min": cfg.k_core_item, "rounds": rounds},
+        "sample": sample,  # null: all users; else the draw and what it was drawn from (k-core is not re-run)
         "sequence_length": {
             "min": int(lengths.min()), "p25": float(lengths.quantile(0.25, "linear")),
             "median": float(lengths.median()),

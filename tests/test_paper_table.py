@@ -1,0 +1,152 @@
+"""bench/paper_table.py and bench/sweep.py's --pairs on hand-built sweep folders: constant per-user differences
+make the pooled difference, its relative gain and the verdict computable by hand (a constant difference has a
+zero-width bootstrap interval; one alternating around 0 has an interval containing 0)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import paper_table, sweep  # noqa: E402
+from pipeline.params import ParamsError, load_params  # noqa: E402
+
+USERS = 200
+SHIFT = {0: 0.02, 1: 0.04}  # molar − content, per seed: pooled over the two seeds (same user count) 0.03
+
+
+def _write(folder: Path, seed: int, model: str, values: np.ndarray) -> None:
+    """One result JSON in the layout bench/sweep.py's train_and_score writes."""
+    f = folder / f"seed{seed}" / "results" / f"{model}.json"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps({"seed": seed, "model": model, "ndcg@10": float(values.mean()),
+                             "per_user_ndcg@10": values.tolist(), "valid_ndcg@10": 0.1, "train_s": 1.0,
+                             "machine": {"cpu": "test cpu", "cpus": 2}, "commit": "0" * 40, "dirty": False}))
+
+
+def _sweep(folder: Path) -> dict[int, dict[str, np.ndarray]]:
+    """molar = sasrec − 0.05 (below), molar = content + SHIFT (above), molar_bce − content_bce = ±0.1 alternating
+    (straddles 0), molar_direct only in seed 0 (content + 0.01); molar_joint nowhere."""
+    made = {}
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        sasrec = rng.uniform(0.3, 0.7, USERS)
+        m = {"sasrec": sasrec, "molar": sasrec - 0.05, "content": sasrec - 0.05 - SHIFT[seed],
+             "content_bce": rng.uniform(0.2, 0.6, USERS)}
+        m["molar_bce"] = m["content_bce"] + np.where(np.arange(USERS) % 2 == 0, 0.1, -0.1)
+        if seed == 0:
+            m["molar_direct"] = m["content"] + 0.01
+        for model, values in m.items():
+            _write(folder, seed, model, values)
+        made[seed] = m
+    (folder / "seed0" / "params.yaml").write_text("train_id:\n  loss: ce\nembed:\n  encoder: sentence\n")
+    return made
+
+
+def _row(rows, claim, a, b):
+    [row] = [r for r in rows if r["claim"] == claim and r.get("a") == a and r.get("b") == b]
+    return row
+
+
+def test_sweep_pairs_pool_seeds(tmp_path, capsys):
+    made = _sweep(tmp_path / "sw")
+    out = sweep.report([tmp_path / "sw"], ["sasrec"], [("molar", "content"), ("molar_direct", "content"),
+                                                      ("molar_joint", "content")])
+    by = {(r["a"], r["b"]): r for r in out}
+    pooled_content = np.concatenate([made[0]["content"], made[1]["content"]]).mean()
+    assert by["molar", "content"]["diff"] == pytest.approx(0.03)
+    assert by["molar", "content"]["seeds"] == [0, 1] and by["molar", "content"]["users_pooled"] == 2 * USERS
+    assert by["molar", "content"]["relative"] == pytest.approx(0.03 / pooled_content)
+    assert 0.02 - 1e-9 <= by["molar", "content"]["ci_low"] < by["molar", "content"]["ci_high"] <= 0.04 + 1e-9
+    # molar_direct exists for seed 0 only: the pair uses that seed alone
+    assert by["molar_direct", "content"]["seeds"] == [0]
+    assert by["molar_direct", "content"]["diff"] == pytest.approx(0.01)
+    assert ("molar_joint", "content") not in by
+    printed = capsys.readouterr().out
+    assert "| molar − content | 0 1 |" in printed and "| molar_joint − content | none with both |" in printed
+
+
+def test_paper_table_numbers_and_verdicts(tmp_path):
+    made = _sweep(tmp_path / "sw")
+    res = paper_table.main(["--sweep", f"ML={tmp_path / 'sw'}", "--out", str(tmp_path / "table")])
+    rows = res["rows"]
+    sasrec = np.concatenate([made[0]["sasrec"], made[1]["sasrec"]]).mean()
+    content = np.concatenate([made[0]["content"], made[1]["content"]]).mean()
+
+    above = _row(rows, "alignment", "molar", "content")  # constant +0.02 / +0.04: interval [0.02, 0.04]
+    assert above["relative"] == pytest.approx(0.03 / content)
+    assert above["relative_low"] > 0 and above["replicates"] == "yes"
+    below = _row(rows, "vs_sasrec", "molar", "sasrec")  # constant −0.05: a zero-width interval below 0
+    assert below["relative"] == pytest.approx(-0.05 / sasrec)
+    assert below["relative_low"] == pytest.approx(-0.05 / sasrec)
+    assert below["relative_high"] == pytest.approx(-0.05 / sasrec) and below["replicates"] == "no"
+    straddle = _row(rows, "alignment", "molar_bce", "content_bce")  # ±0.1 alternating: mean 0
+    assert straddle["diff"] == pytest.approx(0.0, abs=1e-12)
+    assert straddle["ci_low"] < 0 < straddle["ci_high"] and straddle["replicates"] == "not resolved"
+    assert _row(rows, "content_vs_sasrec", "content", "sasrec")["diff"] == pytest.approx(-0.08)
+    assert not [r for r in rows if r.get("a") == "molar_joint"]  # not in the folder: no row
+    for claim in ("image", "stage1"):
+        [r] = [r for r in rows if r["claim"] == claim]
+        assert r["here"] is None and r["replicates"] == paper_table.NOT_MEASURED
+
+    # the paper's side: relative gains from its NDCG@10 (alignment 0.0197 vs 0.0182 on PixelRec: +8.2%)
+    assert above["paper"] == [{"dataset": "PixelRec", "a": 0.0197, "b": 0.0182,
+                               "relative": pytest.approx(0.0824, abs=1e-4)}]
+    assert [round(p["relative"], 3) for p in below["paper"]] == [0.584, 0.504, 0.303]
+
+    # conditions, and the files beside
+    written = json.loads((tmp_path / "table" / "paper_table.json").read_text())
+    assert written["rows"] == json.loads(json.dumps(rows))
+    assert written["folders"]["ML"]["seeds"] == [0, 1]
+    assert written["folders"]["ML"]["settings"]["train_id.loss"] == "ce"
+    assert written["folders"]["ML"]["commits"] == ["0" * 40]
+    assert len(written["made"]["commit"]) == 40 and written["made"]["date"] and written["made"]["machine"]["cpus"]
+    md = (tmp_path / "table" / "paper_table.md").read_text()
+    assert "| ML: molar − sasrec | 0 1 | " in md and f"{-0.05 / sasrec:+.1%}" in md and "| no |" in md
+
+
+def test_ablation_rows(tmp_path):
+    """image_stage1 − text_stage1 on the ablation's Molar models, users matched by id (stored in other orders)."""
+    _sweep(tmp_path / "sw")
+    rng = np.random.default_rng(3)
+    text = rng.uniform(0.1, 0.5, 50)
+    for arm, values, order in (("text_stage1", text, np.arange(50)),
+                               ("image_stage1", text + 0.03, np.arange(50)[::-1])):
+        f = tmp_path / "ab" / "seed0" / arm / "metrics" / "per_user.parquet"
+        f.parent.mkdir(parents=True)
+        pl.DataFrame({"model": ["molar"] * 50 + ["content"] * 50, "split": "test",
+                      "user_id": np.concatenate([order, order]) + 1,
+                      "ndcg@10": np.concatenate([values[order], np.zeros(50)])}).write_parquet(f)
+    res = paper_table.main(["--sweep", f"ML={tmp_path / 'sw'}", "--ablation", f"ML={tmp_path / 'ab'}",
+                            "--out", str(tmp_path / "table")])
+    [img] = [r for r in res["rows"] if r["claim"] == "image"]
+    assert img["diff"] == pytest.approx(0.03) and img["relative"] == pytest.approx(0.03 / text.mean())
+    assert img["replicates"] == "yes" and img["a"] == "image_stage1/molar"
+    [st] = [r for r in res["rows"] if r["claim"] == "stage1"]
+    assert st["replicates"] == paper_table.NOT_MEASURED  # no *_no_stage1 arm in the folder
+
+
+def test_verdict_follows_the_papers_sign():
+    assert paper_table.verdict(0.01, 0.02, 1.0) == "yes"
+    assert paper_table.verdict(-0.02, -0.01, 1.0) == "no"
+    assert paper_table.verdict(-0.02, -0.01, -1.0) == "yes"
+    assert paper_table.verdict(0.0, 0.02, 1.0) == "not resolved"
+
+
+@pytest.mark.parametrize("params", [REPO / "params.yaml", REPO / "bench" / "amazon_scientific.yaml"])
+def test_paper_arms_validate(params):
+    """The arms the table reads are valid variants of both params files (the schema refuses some combinations,
+    such as a temperature written for rec_loss bce)."""
+    arms = {n: sweep.VARIANTS[n] for n in ("molar_direct", "molar_joint", "content_bce", "molar_bce")}
+    got = load_params(params, overrides={"train_variants": arms})
+    assert not got.train_variant("molar_direct").align_head and got.train_variant("molar_joint").joint
+    assert got.train_variant("molar_bce").rec_loss == "bce" and got.train_variant("molar_bce").align_alpha == 0.5
+    with pytest.raises(ParamsError, match="temperature"):
+        load_params(params, overrides={"train_variants": {"bad": {**arms["content_bce"], "temperature": 0.1}}})
