@@ -87,14 +87,19 @@ def repro(stage: str = typer.Argument(None, help="stage to reproduce (default: a
 @app.command()
 def recommend(user: str = typer.Option(None, "--user", "-u", help="raw user id (as in the source data)"),
               all_users: bool = typer.Option(False, "--all", help="every user (write --out)"),
+              history: str = typer.Option(None, "--history", help="an ad-hoc history: prepared item ids, oldest "
+                                          "first, comma-separated (e.g. 12,55,301), encoded by the reloaded model"),
               out: Path = typer.Option(None, help="with --all: output file (.parquet or .csv)"),
               k: int = typer.Option(10, "--k", "-k", min=1, help="items per user"),
               model: str = typer.Option("molar", "--model", "-m", help="model name in the workspace"),
               checkpoint: Path = typer.Option(None, help="a model directory (e.g. copied elsewhere) instead of --model"),
               prepared: Path = typer.Option(None, help="prepared data directory (default ROOT/data/prepared)"),
+              embeddings: Path = typer.Option(None, help="with --history: the embedding store a content model reads "
+                                              "(default: the one its config.json records)"),
               include_seen: bool = typer.Option(False, help="do not exclude items the user has interacted with"),
               root: Path = typer.Option(Path("."), help="workspace (the directory of dvc.yaml)")) -> None:
-    """Top-k items for one user (a table) or for every user (a file), seen items excluded, with titles."""
+    """Top-k items for one user (a table), for every user (a file) or for an ad-hoc history, seen items excluded,
+    with titles."""
     from rich.console import Console
 
     from molar_core.io import atomic_path
@@ -104,35 +109,80 @@ def recommend(user: str = typer.Option(None, "--user", "-u", help="raw user id (
     from stages.common import full_sequences, read_table
 
     try:
-        if (user is None) == (not all_users):
-            raise MolarError("give exactly one of --user ID or --all")
+        if (user is not None) + all_users + (history is not None) != 1:
+            raise MolarError("give exactly one of --user ID, --all or --history IDS")
         if all_users and out is None:
             raise MolarError("--all needs --out FILE (.parquet or .csv)")
         if out is not None and out.suffix not in (".parquet", ".csv"):
             raise MolarError(f"--out {out}: use a .parquet or .csv file name")
-        ckpt = open_model(root, model, checkpoint)
-        prep = prepared_dir(root, prepared, checkpoint)
-        items, test = read_table(prep, "items"), read_table(prep, "test")
-        ckpt.check_data(prep / "items.parquet", test.height)
-        rows = user_rows(test, user, prep) if user is not None else test
-        users = ckpt.user_vectors("next", rows["user_id"].to_list())
-        index, source = model_index(root, ckpt)
-        seen = None if include_seen else full_sequences(rows)
-        ids, scores = top_k(index, users, ckpt.item_vectors(), seen, k)
-        table = recommendations_table(rows, ids, scores, items)
+        if history is not None:
+            ckpt, table, seen_count, what = _recommend_history(history, k, model, checkpoint, prepared, embeddings,
+                                                               include_seen, root)
+            source = "exact ranking of the reloaded model"
+        else:
+            ckpt = open_model(root, model, checkpoint)
+            prep = prepared_dir(root, prepared, checkpoint)
+            items, test = read_table(prep, "items"), read_table(prep, "test")
+            ckpt.check_data(prep / "items.parquet", test.height)
+            rows = user_rows(test, user, prep) if user is not None else test
+            users = ckpt.user_vectors("next", rows["user_id"].to_list())
+            index, source = model_index(root, ckpt)
+            seen = None if include_seen else full_sequences(rows)
+            ids, scores = top_k(index, users, ckpt.item_vectors(), seen, k)
+            table = recommendations_table(rows, ids, scores, items)
+            seen_count, what = len(seen[0]) if seen else 0, f"user {user}"
     except MolarError as err:
         _fail(err)
     if out is not None:
         with atomic_path(out) as tmp:
             table.write_parquet(tmp) if out.suffix == ".parquet" else table.write_csv(tmp)
-        typer.echo(f"recommend: {table.height:,} rows ({rows.height:,} users x top-{k}) from {ckpt.path} via {source} "
-                   f"-> {out}")
+        count = f"{rows.height:,} users x top-{k}" if history is None else f"top-{k} for {what}"
+        typer.echo(f"recommend: {table.height:,} rows ({count}) from {ckpt.path} via {source} -> {out}")
         return
     t = Table("rank", "item_id", "title", "score",
-              title=f"{ckpt.name}: top-{k} for user {user} ({len(seen[0]) if seen else 0} seen items excluded)")
+              title=f"{ckpt.name}: top-{k} for {what} ({seen_count} seen items excluded)")
     for r in table.iter_rows(named=True):
         t.add_row(str(r["rank"]), str(r["item_id"]), r["title"] or "", f"{r['score']:.4f}")
     Console().print(t)
+
+
+def _history_ids(text: str) -> list[int]:
+    """--history 12,55,301 -> [12, 55, 301], or an error quoting the part that is not an item id."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in parts if not x.lstrip("-").isdigit()]
+    if bad or not parts:
+        raise MolarError(f"--history {text!r}: give prepared item ids separated by commas, e.g. 12,55,301"
+                         + (f" ({bad[0]!r} is not an id)" if bad else ""))
+    return [int(x) for x in parts]
+
+
+def _recommend_history(history: str, k: int, model: str, checkpoint: Path | None, prepared: Path | None,
+                       embeddings: Path | None, include_seen: bool, root: Path):
+    """(checkpoint, table rank/item_id/score/raw_item_id/title, seen items excluded, what was ranked for) for an
+    ad-hoc history, ranked by the model reloaded from its directory (molar_core.recommender): no user vector of
+    it was saved at training time."""
+    import polars as pl
+
+    from molar_core.recommender import load
+    from pipeline.workspace import prepared_dir
+    from stages.common import read_table
+
+    ids = _history_ids(history)
+    rec = load(checkpoint or root / paths.model_dir(model), embeddings,
+               rebuild=None if checkpoint is not None else paths.producer(model))
+    prep = prepared_dir(root, prepared, checkpoint)
+    items = read_table(prep, "items")
+    rec.checkpoint.check_data(prep / "items.parquet")
+    try:
+        top = rec.recommend(ids, k, exclude_seen=not include_seen)
+    except ValueError as err:
+        raise MolarError(f"--history: {err}") from None
+    table = pl.DataFrame({"rank": list(range(1, len(top) + 1)), "item_id": [i for i, _ in top],
+                          "score": [s for _, s in top]}, schema={"rank": pl.Int32, "item_id": pl.Int32,
+                                                                 "score": pl.Float32})
+    table = table.join(items.select("item_id", "raw_item_id", "title"), on="item_id", how="left",
+                       maintain_order="left")
+    return rec.checkpoint, table, 0 if include_seen else len(set(ids)), f"a history of {len(ids)} items"
 
 
 @app.command()
@@ -168,6 +218,21 @@ def check_params(params: Path = PARAMS) -> None:
     except MolarError as err:
         _fail(err)
     typer.echo(json.dumps(p.model_dump(), indent=2))
+
+
+@app.command("config-reference")
+def config_reference(out: Path = typer.Option(Path("docs/configuration.md"), help="markdown file to write")) -> None:
+    """Write the reference of every params key (type, default, meaning), generated from the schema."""
+    from molar_core.io import write_bytes_atomic
+    from pipeline.config_reference import render
+
+    page = render()
+    try:
+        write_bytes_atomic(out, page.encode())
+    except MolarError as err:
+        _fail(err)
+    keys = page.count("\n| `")  # one table row per key
+    typer.echo(f"config-reference: {out} ({keys} keys)")
 
 
 @inspect_app.command("prepared")

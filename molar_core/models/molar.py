@@ -45,6 +45,12 @@ class MolarLossConfig:
         return asdict(self)
 
 
+def scoring_form(vectors: torch.Tensor, rec_loss: str) -> torch.Tensor:
+    """User or item vectors in the form whose inner product is the ranking score (normalised for InfoNCE): one
+    definition for the vectors training saves and the ones a reloaded model computes."""
+    return nn.functional.normalize(vectors, dim=-1) if rec_loss == "infonce" else vectors
+
+
 class Molar(nn.Module):
     def __init__(self, content: ContentUserModel, loss: MolarLossConfig, id_model: SASRec | None = None):
         super().__init__()
@@ -76,8 +82,7 @@ class Molar(nn.Module):
         return self.content.item_vectors()
 
     def scoring_form(self, vectors: torch.Tensor) -> torch.Tensor:
-        """User or item vectors in the form whose inner product is the ranking score (normalised for InfoNCE)."""
-        return nn.functional.normalize(vectors, dim=-1) if self.loss_cfg.rec_loss == "infonce" else vectors
+        return scoring_form(vectors, self.loss_cfg.rec_loss)
 
     def loss(self, seqs: list[list[int]], generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         cfg = self.loss_cfg
