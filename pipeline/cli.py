@@ -94,14 +94,15 @@ def recommend(user: str = typer.Option(None, "--user", "-u", help="raw user id (
               model: str = typer.Option("molar", "--model", "-m", help="model name in the workspace"),
               checkpoint: Path = typer.Option(None, help="a model directory (e.g. copied elsewhere) instead of --model"),
               prepared: Path = typer.Option(None, help="prepared data directory (default ROOT/data/prepared)"),
-              embeddings: Path = typer.Option(None, help="with --history: the embedding store a content model reads "
-                                              "(default: the one its config.json records)"),
+              embeddings: Path = typer.Option(None, help="the embedding store a content model reads to rank any "
+                                              "history or added items (default: the one its config.json records)"),
               include_seen: bool = typer.Option(False, help="do not exclude items the user has interacted with"),
               root: Path = typer.Option(Path("."), help="workspace (the directory of dvc.yaml)")) -> None:
     """Top-k items for one user (a table), for every user (a file) or for an ad-hoc history, seen items excluded,
-    with titles."""
+    with titles; items added by `molar add-items` compete too."""
     from rich.console import Console
 
+    from molar_core.added_items import added_items_dir
     from molar_core.io import atomic_path
     from molar_core.recommend import recommend as top_k
     from molar_core.recommend import recommendations_table
@@ -126,9 +127,21 @@ def recommend(user: str = typer.Option(None, "--user", "-u", help="raw user id (
             ckpt.check_data(prep / "items.parquet", test.height)
             rows = user_rows(test, user, prep) if user is not None else test
             users = ckpt.user_vectors("next", rows["user_id"].to_list())
-            index, source = model_index(root, ckpt)
+            item_vectors = ckpt.item_vectors()
+            if added_items_dir(ckpt.path).exists():  # the serving index holds the trained items only
+                from molar_core.index import build_index
+                from molar_core.recommender import load
+
+                rec = load(ckpt.path, embeddings, rebuild=ckpt.rebuild)
+                item_vectors = rec.item_vectors().numpy()
+                index, _ = build_index(item_vectors, "Flat")
+                source = (f"exact inner-product index over {rec.num_trained_items:,} trained and "
+                          f"{rec.num_items - rec.num_trained_items:,} added items")
+                items = _with_added_titles(items, ckpt.path)
+            else:
+                index, source = model_index(root, ckpt)
             seen = None if include_seen else full_sequences(rows)
-            ids, scores = top_k(index, users, ckpt.item_vectors(), seen, k)
+            ids, scores = top_k(index, users, item_vectors, seen, k)
             table = recommendations_table(rows, ids, scores, items)
             seen_count, what = len(seen[0]) if seen else 0, f"user {user}"
     except MolarError as err:
@@ -180,9 +193,50 @@ def _recommend_history(history: str, k: int, model: str, checkpoint: Path | None
     table = pl.DataFrame({"rank": list(range(1, len(top) + 1)), "item_id": [i for i, _ in top],
                           "score": [s for _, s in top]}, schema={"rank": pl.Int32, "item_id": pl.Int32,
                                                                  "score": pl.Float32})
+    if rec.num_items > rec.num_trained_items:
+        items = _with_added_titles(items, rec.checkpoint.path)
     table = table.join(items.select("item_id", "raw_item_id", "title"), on="item_id", how="left",
                        maintain_order="left")
     return rec.checkpoint, table, 0 if include_seen else len(set(ids)), f"a history of {len(ids)} items"
+
+
+def _with_added_titles(items, model_dir: Path):
+    """The prepared items' ids, raw ids and titles, then those of the items added to the model in model_dir."""
+    import polars as pl
+
+    from molar_core.added_items import added_items_dir, read_added_items
+
+    added = read_added_items(added_items_dir(model_dir)).items
+    columns = ["item_id", "raw_item_id", "title"]
+    return pl.concat([items.select(columns), added.select(columns)])
+
+
+@app.command("add-items")
+def add_items(items_file: Path = typer.Argument(None, help="new items (.csv, .tsv, .parquet, .jsonl): raw_item_id, "
+                                                "and title, text, other text columns, image as in README; left "
+                                                "out: recompute the vectors of the items added before"),
+              model: str = typer.Option("molar", "--model", "-m", help="a content model of the workspace (content, "
+                                        "molar, hybrid: not sasrec)"),
+              params: Path = typer.Option(None, "--params", "-p", help="params file (default ROOT/params.yaml): its "
+                                          "embed settings encode the items"),
+              root: Path = typer.Option(Path("."), help="workspace (the directory of dvc.yaml)")) -> None:
+    """Add items to a trained content model without retraining: embed their new contents, make their item
+    vectors with the model's adapter, write artifacts/added-items/MODEL/ (then `molar recommend` ranks them)."""
+    from pipeline.add_items import run
+    from stages.common import console
+
+    try:
+        p = load_params(params if params is not None else root / "params.yaml")
+        done = run(root, model, items_file, p,
+                   log=lambda msg: console.print(f"add-items: {msg}", markup=False, highlight=False))
+    except MolarError as err:
+        _fail(err)
+    missing = sum(done["images_missing"].values())
+    first, last = done["item_ids"]
+    typer.echo(f"add-items: {done['added']:,} items added to {model} ({done['embedded']:,} encoded, "
+               f"{done['reused']:,} read from the caches" + (f", {missing:,} without an image" if missing else "")
+               + f"); {done['total']:,} added items in all, ids {first}..{last}, vectors by the current model "
+               f"-> {done['path']}")
 
 
 @app.command()

@@ -25,6 +25,16 @@ def model_dir(model: str) -> Path:
     return ARTIFACTS / model
 
 
+# `molar add-items` (no stage: outside every DVC output, so adding items never makes a stage stale)
+ADDED_ITEMS = ARTIFACTS / "added-items"  # molar_core.added_items.added_items_dir(model_dir) agrees
+ADDED_EMBEDDINGS = ADDED_ITEMS / "embeddings"  # cache of added contents ("embeddings" is no model name)
+
+
+def added_items_dir(model: str) -> Path:
+    """The items added to a content model without retraining: items.parquet, features, item vectors, meta.json."""
+    return ADDED_ITEMS / model
+
+
 REPORT = Path("reports/index.html")
 
 

@@ -263,10 +263,16 @@ def _build_items(item_map: pl.DataFrame, items: pl.DataFrame | None, text_fields
     fields = [table[c].cast(pl.String).to_list() for c in text_fields]
     texts = [render_text(title, {c: fields[j][i] for j, c in enumerate(text_fields)})
              for i, title in enumerate(titles)]
-    images = table["image_path"].to_list()
+    return items_table(table["item_id"], table["item"], titles, texts, table["image_path"].to_list())
+
+
+def items_table(item_ids, raw_ids: pl.Series, titles: list[str], texts: list[str],
+                images: list[str | None]) -> pl.DataFrame:
+    """items.parquet's columns, with each item's content hash (the key of the embedding cache): one writer for
+    prepared items and for items added to a trained model later."""
     return pl.DataFrame({
-        "item_id": table["item_id"].cast(pl.Int32),
-        "raw_item_id": table["item"],
+        "item_id": pl.Series(item_ids).cast(pl.Int32),
+        "raw_item_id": raw_ids,
         "title": pl.Series(titles, dtype=pl.String),
         "text": pl.Series(texts, dtype=pl.String),
         "image_path": pl.Series(images, dtype=pl.String),

@@ -66,7 +66,7 @@ def load_table(
 
     item_table, text_fields = (None, [])
     if items is not None:
-        item_table, text_fields = _read_items(items, m, encoding)
+        item_table, text_fields, _ = read_items(items, m, encoding)
     raw = RawDataset(
         interactions=out,
         items=item_table,
@@ -79,8 +79,10 @@ def load_table(
     return raw
 
 
-def _read_items(items: str | Path, m: TableMapping, encoding: str) -> tuple[pl.DataFrame, list[str]]:
-    """Items table: unique ids, title (the id when absent or blank), text fields, image (null when blank)."""
+def read_items(items: str | Path, m: TableMapping,
+               encoding: str = "utf-8") -> tuple[pl.DataFrame, list[str], pl.Series]:
+    """Items table: unique ids, title (the id when absent or blank), text fields, image (null when blank), and
+    the file row (line, or record for parquet) of each item, for messages about it."""
     file = str(items)
     optional = [c for c in [m.title_col, *m.text_cols, m.image_col] if c]
     df, rows = _read(items, [m.item_key, *optional], encoding)
@@ -106,7 +108,39 @@ def _read_items(items: str | Path, m: TableMapping, encoding: str) -> tuple[pl.D
             "image": text(m.image_col) if m.image_col else none,
         }
     )
-    return out, text_fields
+    return out, text_fields, rows
+
+
+def table_columns(path: str | Path, encoding: str = "utf-8") -> list[str]:
+    """The column names of a table file (JSON lines: every key of any line, in first-seen order), so that a
+    reader of fixed column names can tell which of the optional ones a file has."""
+    path = Path(path)
+    file = str(path)
+    kind = _kind(path)
+    if kind == "jsonl":
+        keys: dict[str, None] = {}
+        for _, obj in iter_jsonl(path):
+            keys.update(dict.fromkeys(obj))
+        return list(keys)
+    if kind == "parquet":
+        if not path.exists():
+            raise DataError(file, "file not found")
+        try:
+            return list(pl.read_parquet_schema(path))
+        except Exception as err:  # noqa: BLE001 - any reader failure is a bad file to the user
+            raise DataError(file, f"cannot read as parquet: {err}") from None
+    df = read_delimited(path, ",", encoding=encoding) if kind == "csv" else read_unquoted(path, "\t", encoding=encoding)
+    return [df.columns[0].lstrip("\ufeff"), *df.columns[1:]]
+
+
+def _kind(path: Path) -> str:
+    """parquet, csv, tsv or jsonl from the file name (only JSON lines may be gzip-compressed)."""
+    name = path.name.lower()
+    compressed = name.endswith(".gz")
+    kind = FORMATS.get(Path(name.removesuffix(".gz")).suffix)
+    if kind is None or (compressed and kind != "jsonl"):
+        raise DataError(str(path), "unknown table format (use .parquet, .csv, .tsv, .jsonl, .ndjson or .jsonl.gz)")
+    return kind
 
 
 def _read(path: str | Path, needed: list[str], encoding: str) -> tuple[pl.DataFrame, pl.Series]:
@@ -114,11 +148,7 @@ def _read(path: str | Path, needed: list[str], encoding: str) -> tuple[pl.DataFr
     path = Path(path)
     file = str(path)
     needed = list(dict.fromkeys(needed))
-    name = path.name.lower()
-    compressed = name.endswith(".gz")  # only JSON lines are read compressed
-    kind = FORMATS.get(Path(name.removesuffix(".gz")).suffix)
-    if kind is None or (compressed and kind != "jsonl"):
-        raise DataError(file, "unknown table format (use .parquet, .csv, .tsv, .jsonl, .ndjson or .jsonl.gz)")
+    kind = _kind(path)
     if kind == "jsonl":
         return _read_jsonl(file, needed)
     if kind == "parquet":

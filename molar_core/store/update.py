@@ -53,12 +53,16 @@ def update_embeddings(store: str | Path, items: pl.DataFrame | pl.LazyFrame, enc
                       shard_size: int, window: int | None = None, runtime: dict | None = None,
                       log: Callable[[str], None] | None = None,
                       after_flush: Callable[[ShardEntry], None] | None = None,
-                      slice_rows: int = SLICE_ROWS) -> UpdateReport:
+                      slice_rows: int = SLICE_ROWS, catalogue: bool = True) -> UpdateReport:
     """Embed what is missing for `items` (item_id, text, image_path, content_hash) into the cache at `store`.
 
     `items` may be a LazyFrame (`pl.scan_parquet(items.parquet)`): only the id and hash columns are read whole;
     texts and image paths are read `slice_rows` rows at a time, so memory does not grow with the texts of the
     catalogue. The first row of each content hash, in table order, is the one encoded.
+
+    catalogue=True: `items` is the whole catalogue, recorded as the cache's catalogue, and shards no item of it
+    uses are removed. False: only adds the missing contents and keeps everything else (a cache of contents
+    outside any one catalogue, as the items added to trained models: artifacts/added-items/embeddings).
     """
     lazy = items.lazy()
     missing_cols = [c for c in COLUMNS if c not in lazy.collect_schema().names()]
@@ -85,8 +89,10 @@ def update_embeddings(store: str | Path, items: pl.DataFrame | pl.LazyFrame, enc
                 pending = pending[window:]
         cache.flush()
         seconds = time.perf_counter() - start
-        catalogue = keys.sort("item_id")
-        pruned = cache.finish(catalogue["item_id"].to_list(), catalogue["content_hash"].to_list())
+        pruned: list[str] = []
+        if catalogue:
+            table = keys.sort("item_id")
+            pruned = cache.finish(table["item_id"].to_list(), table["content_hash"].to_list())
         embedded_unique = set(todo)
         return UpdateReport(
             items=len(hashes), unique=len(set(hashes)),
