@@ -31,13 +31,13 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(1)
 
 
-def _stage(name: str, params: Path) -> None:
-    """Run a stage's own entry point (the one DVC calls) with the validated params."""
+def _stage(name: str, params: Path, *args: str) -> None:
+    """Run a stage's own entry point (the one DVC calls) with the validated params (and the stage's arguments)."""
     import importlib
 
     try:
         p = load_params(params)
-        importlib.import_module(f"stages.{name}").main(p)
+        importlib.import_module(f"stages.{name}").main(p, *args)
     except MolarError as err:
         _fail(err)
 
@@ -52,6 +52,13 @@ def prepare(params: Path = PARAMS) -> None:
 def train_id(params: Path = PARAMS) -> None:
     """Train SASRec over item ids: artifacts/sasrec/."""
     _stage("train_id", params)
+
+
+@app.command()
+def train(variant: str = typer.Argument(..., help="a key of train_variants (e.g. content, molar)"),
+          params: Path = PARAMS) -> None:
+    """Train the content model VARIANT of train_variants (post-aligned to SASRec when it says so): artifacts/VARIANT/."""
+    _stage("train", params, variant)
 
 
 @app.command("finetune-encoder")

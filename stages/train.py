@@ -22,13 +22,14 @@ from molar_core.store import load_item_embeddings
 from molar_core.training import encode_users, fit, pick_device, ranking_metrics, seed_everything
 from molar_core.vectors import USER_VECTORS_DOC, save_item_vectors, save_tensors, save_user_vectors
 from pipeline import paths
-from pipeline.params import ProtocolParams, TrainParams, load_params
+from pipeline.params import Params, ProtocolParams, TrainParams
 from stages.common import (
     data_fingerprint,
     epoch_progress,
     fit_config,
     full_sequences,
     open_trained,
+    params_from_argv,
     read_prepared,
     read_stats,
     refit,
@@ -142,12 +143,16 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
     return config
 
 
-def main() -> None:
-    args = sys.argv[1:]
-    if not args:
-        raise SystemExit("usage: python -m stages.train VARIANT [params.yaml]")
-    params = load_params(args[1] if len(args) > 1 else "params.yaml")
-    run(args[0], params.train_variant(args[0]), params.protocol)
+def main(params: Params | None = None, variant: str | None = None) -> None:
+    """`python -m stages.train VARIANT [params.yaml]`, or `molar train VARIANT` with params it has already
+    validated; a VARIANT that train_variants lacks is refused with the names it has."""
+    argv: list[str] = []
+    if variant is None:
+        if not sys.argv[1:]:
+            raise SystemExit("usage: python -m stages.train VARIANT [params.yaml]")
+        variant, *argv = sys.argv[1:]
+    params = params or params_from_argv(argv)
+    run(variant, params.train_variant(variant), params.protocol)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,22 @@ runner = CliRunner()
 
 def test_help_lists_stages_and_commands():
     out = runner.invoke(app, ["--help"]).output
-    for name in ("prepare", "train-id", "index", "evaluate", "check-params", "inspect"):
+    for name in ("prepare", "train-id", "train ", "index", "evaluate", "check-params", "inspect"):
         assert name in out
+
+
+def test_train_refuses_an_unknown_variant_naming_the_ones_there_are(tmp_path, monkeypatch):
+    """`molar train VARIANT` checks VARIANT against train_variants before reading any data."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train_variants": {"content": {"align_alpha": 0.0},
+                                                         "molar": {"align_alpha": 0.5}}}))
+    monkeypatch.chdir(tmp_path)  # an empty workspace: had it read data, the error would name data/prepared
+    res = runner.invoke(app, ["train", "contnet", "--params", str(params)])
+    assert res.exit_code == 1, res.output
+    assert "'contnet'" in res.output and "content, molar" in res.output, res.output
+    assert not (tmp_path / "artifacts").exists()
+    res = runner.invoke(app, ["train", "--params", str(params)])  # the variant is required
+    assert res.exit_code == 2 and "variant" in res.output.lower()
 
 
 def test_check_params_names_the_bad_key(tmp_path):

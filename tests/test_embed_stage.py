@@ -16,11 +16,12 @@ import yaml
 from typer.testing import CliRunner
 
 from molar_core.data.processing import content_hash
+from molar_core.encoders import build_encoder
 from molar_core.errors import ArtifactError, MolarError
 from molar_core.store import load_item_embeddings, read_manifest
 from pipeline import paths
 from pipeline.params import EmbedParams
-from stages.embed import PAUSE_ENV, run
+from stages.embed import PAUSE_ENV, encoder_config, run
 
 REPO = Path(__file__).resolve().parents[1]
 POSTERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k" / "posters"
@@ -112,9 +113,15 @@ def test_mllm_stage_with_images_and_a_settings_change(tmp_path, capsys):
 
 
 def test_stage_recomputes_a_corrupt_shard(tmp_path, capsys):
+    """Before the corruption and after the repair, the cache holds what the encoder itself computes."""
     items = write_items(tmp_path, TITLES[:10], with_images=False)
     run(EmbedParams(**TINY), tmp_path)
-    _, ref = load_item_embeddings(store(tmp_path), items)
+    encoder = build_encoder(encoder_config(EmbedParams(**TINY), tmp_path))
+    texts, step = items["text"].to_list(), TINY["batch_size"]
+    ref = torch.cat([encoder.encode(texts[i:i + step], [None] * len(texts[i:i + step]))
+                     for i in range(0, len(texts), step)])
+    _, cached = load_item_embeddings(store(tmp_path), items)
+    torch.testing.assert_close(cached, ref, atol=1e-5, rtol=1e-5)
     shard = store(tmp_path) / "shard-00001.safetensors"
     data = bytearray(shard.read_bytes())
     data[-3] ^= 0x01

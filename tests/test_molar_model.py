@@ -136,10 +136,20 @@ def test_alignment_pulls_content_users_toward_id_users():
 
 
 def test_hybrid_changes_item_vectors_and_padding_row_is_zero():
+    """hybrid: an item vector is the adapted content plus a learnable item-id embedding that the loss trains."""
     model, _ = _models(hybrid=True, alpha=0.0)
-    table = model.content.item_table(torch.tensor([0, 1, 2]))
+    content = model.content
+    assert content.id_emb is not None
+    content_only = content.adapter(content.features[1:])
+    vectors = content.item_vectors()
+    assert vectors.shape == (20, 16) and not torch.allclose(vectors, content_only, atol=1e-4)
+    torch.testing.assert_close(vectors, content_only + content.id_emb.weight[1:])
+    loss, _ = model.loss([[1, 2, 3, 4, 5], [6, 7, 8]])
+    loss.backward()
+    grad = content.id_emb.weight.grad
+    assert grad is not None and grad[1:].abs().sum() > 0 and torch.all(grad[0] == 0)
+    table = content.item_table(torch.tensor([0, 1, 2]))
     assert torch.all(table[0] == 0)
-    assert model.content.item_vectors().shape == (20, 16)
 
 
 def _alignment_targets(monkeypatch):

@@ -1,7 +1,7 @@
 """How much picking the epoch on the test set inflates SASRec's test NDCG@10: a diagnostic, not a result.
 
-    python bench/test_curve.py --workspace W [--set train_id.dropout=0.5 ...] [--seeds 0 1 2] [--epochs 60]
-                               [--refit-from SWEEP]
+    python bench/epoch_curve.py --workspace W [--set train_id.dropout=0.5 ...] [--seeds 0 1 2] [--epochs 60]
+                                [--refit-from SWEEP]
 
 W is a prepared workspace (`dvc repro prepare`). For each seed, SASRec is trained as `train_id`'s refit trains it
 (`refit: true`: the same seed, every user's training items plus the validation item, constant learning rate), and
@@ -35,7 +35,7 @@ from stages.common import fit_config, read_prepared, read_stats, training_sequen
 from stages.train_id import new_sasrec, sasrec_config  # noqa: E402
 
 
-def test_curve(ws: Path, params, seed: int, epochs: int) -> list[float]:
+def epoch_curve(ws: Path, params, seed: int, epochs: int) -> list[float]:
     """Test NDCG@10 after each of `epochs` refit epochs of one seed."""
     p = params.train_id.model_copy(update={"seed": seed, "patience": epochs + 1})
     torch.set_num_threads(p.threads or torch.get_num_threads())
@@ -65,7 +65,7 @@ def main() -> None:
     params = load_params(args.params, overrides=dotted_overrides(args.set))
     rows = []
     for seed in args.seeds:
-        curve = test_curve(args.workspace, params, seed, args.epochs)
+        curve = epoch_curve(args.workspace, params, seed, args.epochs)
         fair = ""
         if args.refit_from:
             run = args.refit_from / f"seed{seed}"
