@@ -1,6 +1,6 @@
 """The vLLM backend gives the transformers backend's item vectors (cosine >= 0.999 per item), text and image items.
 
-vLLM lives in its own environment (a multi-GB install with its own torch build; see README, "vLLM"), so the
+vLLM lives in its own environment (a multi-GB install with its own torch build; see docs/item-encoders.md, "vLLM"), so the
 vLLM side runs the real embed stage as a subprocess of that environment's Python: MOLAR_VLLM_PYTHON, or
 .venv-vllm/bin/python beside this repository. `.ci/run` builds that environment and sets MOLAR_REQUIRE_VLLM=1,
 so in CI a missing vLLM fails this test instead of skipping it. The model is a tiny random Qwen2-VL that the
