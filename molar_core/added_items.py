@@ -34,7 +34,8 @@ FORMAT = "molar-added-items/1"
 DIRNAME = "added-items"  # not an identifier, so no model (a train_variants name) can have this directory
 ITEMS, FEATURES, VECTORS, META = "items.parquet", "features.safetensors", "item_vectors.safetensors", "meta.json"
 ITEM_COLUMNS = {"item_id": pl.Int32, "raw_item_id": pl.String, "title": pl.String, "text": pl.String,
-                "image_path": pl.String, "has_image": pl.Boolean, "content_hash": pl.String}
+                "image_path": pl.String, "has_image": pl.Boolean, "content_hash": pl.String,
+                "cold": pl.Boolean}  # always true: no added item was in training
 FILES_DOC = {ITEMS: "the added items (columns of data/prepared/items.parquet), item_id N+1..N+M",
              FEATURES: "item_ids and features (M, input_dim): their cached encoder vectors",
              VECTORS: "item_ids and vectors (M, D): scoring vectors from the model's adapter"}

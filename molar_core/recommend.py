@@ -1,8 +1,11 @@
-"""Top-k recommendations from saved user and item vectors through a FAISS index, seen items excluded.
+"""Top-k recommendations of many users through a FAISS index, seen items excluded.
 
-This is the offline batch-scoring path of a deployment: the user vector after the user's whole known sequence
-(`next` in user_vectors.safetensors) is searched in the item index, the items the user has already interacted
-with are dropped, and each kept item gets its exact score (inner product of the saved vectors).
+This is the offline batch-scoring path of a deployment (`molar recommend --all`): each user's vector (after the
+user's whole known sequence, encoded by the reloaded model, molar_core.recommender; equal to `next` in
+user_vectors.safetensors) is searched in the item index, the items the user has already interacted with are
+dropped, and each kept item gets its exact score (the inner product of the user and item vectors); the kept items
+are ordered by that score, ties by item id, as molar_core.recommender orders them (an approximate index may miss
+items of the exact top-k, but never lists its items in another order than their scores).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ def recommend(index: faiss.Index, users: np.ndarray, item_vectors: np.ndarray, s
         vecs = item_vectors[np.maximum(block, 1) - 1]  # (b, k, d)
         sc = np.einsum("bd,bkd->bk", users[s:s + batch_size], vecs)
         scores[s:s + batch_size] = np.where(block > 0, sc, -np.inf)
-    return ids, scores
+    # FAISS orders by its own (maybe approximate) distances; ties in id order as the exact ranking breaks them
+    order = np.lexsort((np.where(ids > 0, ids, np.iinfo(np.int64).max), -scores), axis=-1)
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def recommendations_table(users: pl.DataFrame, ids: np.ndarray, scores: np.ndarray, items: pl.DataFrame) -> pl.DataFrame:

@@ -3,7 +3,12 @@
 `load(model_dir)` rebuilds the model from its directory alone (config.json, model.safetensors and, for content
 models, the item features of the embedding store recorded in config.json), so recommendations need no retraining
 and no prepared data. A history is encoded exactly as the training stages encoded the saved user vectors (last
-max_len items, left padding, eval mode, scoring form), and the whole catalogue is ranked exactly in torch.
+max_len items, left padding, eval mode, scoring form), and the whole catalogue (or the `candidates` given) is
+ranked exactly in torch.
+
+`molar recommend` ranks through a Recommender in every mode (the command's docstring says where its `--all` batch
+path searches a FAISS index with user_vectors() instead of ranking with recommend_many), and so do the report's
+gallery and `molar inspect index`.
 
 Item ids are the prepared ids 1..N of the catalogue the model was trained on. A content model (content, Molar,
 hybrid) also scores items it was not trained on from their encoder features (`encode_items`, `add_items`): they
@@ -74,7 +79,8 @@ class Recommender:
         """Whether items outside the training catalogue can be scored (content models: yes; SASRec: no)."""
         return isinstance(self.model, ContentUserModel)
 
-    def _catalogue(self) -> str:
+    def catalogue(self) -> str:
+        """The item ids this recommender ranks, in words (for messages): "prepared ids are 1..N[, added ids ..]"."""
         n, total = self._trained, self.num_items
         return f"prepared ids are 1..{n}" + (f", added ids {n + 1}..{total}" if total > n else "")
 
@@ -86,7 +92,7 @@ class Recommender:
         for pos, x in enumerate(ids):
             if not 1 <= x <= self.num_items:
                 raise ValueError(f"item id {x} ({which}, position {pos}) is not in the catalogue of {self.name}: "
-                                 f"{self._catalogue()}")
+                                 f"{self.catalogue()}")
         return ids
 
     def _check_many(self, histories: Sequence[Sequence[int]]) -> list[list[int]]:

@@ -95,26 +95,39 @@ def repro(stage: str = typer.Argument(None, help="stage to reproduce (default: a
 def recommend(user: str = typer.Option(None, "--user", "-u", help="raw user id (as in the source data)"),
               all_users: bool = typer.Option(False, "--all", help="every user (write --out)"),
               history: str = typer.Option(None, "--history", help="an ad-hoc history: prepared item ids, oldest "
-                                          "first, comma-separated (e.g. 12,55,301), encoded by the reloaded model"),
+                                          "first, comma-separated (e.g. 12,55,301)"),
+              items_file: Path = typer.Option(None, "--items-file", help="rank only these items: a .txt file with "
+                                              "one prepared item id per line, or a .csv or .parquet file with a "
+                                              "column item_id"),
               out: Path = typer.Option(None, help="with --all: output file (.parquet or .csv)"),
               k: int = typer.Option(10, "--k", "-k", min=1, help="items per user"),
               model: str = typer.Option("molar", "--model", "-m", help="model name in the workspace"),
               checkpoint: Path = typer.Option(None, help="a model directory (e.g. copied elsewhere) instead of --model"),
               prepared: Path = typer.Option(None, help="prepared data directory (default ROOT/data/prepared)"),
-              embeddings: Path = typer.Option(None, help="the embedding store a content model reads to rank any "
-                                              "history or added items (default: the one its config.json records)"),
+              embeddings: Path = typer.Option(None, help="the embedding store a content model reads its item "
+                                              "features from (default: the one its config.json records, in the "
+                                              "workspace of the model, or of --prepared for --checkpoint)"),
               include_seen: bool = typer.Option(False, help="do not exclude items the user has interacted with"),
               root: Path = typer.Option(Path("."), help="workspace (the directory of dvc.yaml)")) -> None:
     """Top-k items for one user (a table), for every user (a file) or for an ad-hoc history, seen items excluded,
-    with titles; items added by `molar add-items` compete too."""
+    with titles; items added by `molar add-items` compete too. The reloaded model encodes each history (a user's:
+    their whole known sequence); --user, --history and --items-file rank exactly, --all searches the FAISS index.
+    \f
+    Every mode reloads the model (molar_core.load) and encodes a history with it: --user and --all the user's
+    whole known sequence (train items, validation and test item: the history of the saved `next` vectors),
+    --history the ids given. --user, --history and --items-file rank exactly in torch (Recommender.recommend_many,
+    ties in item id order), so --user X lists what --history lists for X's sequence. --all, the batch path,
+    searches the workspace's FAISS index (artifacts/index: what an approximate `index.factory` speeds up) with the
+    encoded vectors when that index was built from the model's item vectors and no items were added to it;
+    otherwise an exact index over the reloaded model's item vectors (molar_core.recommend orders what either
+    finds by the exact score). With --items-file, --all ranks exactly too: the index holds every item."""
     from rich.console import Console
 
-    from molar_core.added_items import added_items_dir
     from molar_core.io import atomic_path
     from molar_core.recommend import recommend as top_k
     from molar_core.recommend import recommendations_table
-    from pipeline.workspace import model_index, open_model, prepared_dir, user_rows
-    from stages.common import full_sequences, read_table
+    from pipeline.workspace import candidate_items, model_index, open_recommender, user_rows
+    from stages.common import full_sequences
 
     try:
         if (user is not None) + all_users + (history is not None) != 1:
@@ -123,44 +136,47 @@ def recommend(user: str = typer.Option(None, "--user", "-u", help="raw user id (
             raise MolarError("--all needs --out FILE (.parquet or .csv)")
         if out is not None and out.suffix not in (".parquet", ".csv"):
             raise MolarError(f"--out {out}: use a .parquet or .csv file name")
-        if history is not None:
-            ckpt, table, seen_count, what = _recommend_history(history, k, model, checkpoint, prepared, embeddings,
-                                                               include_seen, root)
-            source = "exact ranking of the reloaded model"
+        ids = _history_ids(history) if history is not None else None
+        rec, items, test = open_recommender(root, model, checkpoint, prepared, embeddings, with_users=ids is None)
+        candidates = candidate_items(items_file, rec) if items_file is not None else None
+        if rec.num_items > rec.num_trained_items:
+            items = _with_added_titles(items, rec.checkpoint.path)
+        exact = "exact ranking of the reloaded model" + (
+            "" if candidates is None else f" over the {len(candidates):,} items of {items_file}")
+        if ids is not None:
+            try:
+                top = rec.recommend(ids, k, exclude_seen=not include_seen, candidates=candidates)
+            except ValueError as err:
+                raise MolarError(f"--history: {err}") from None
+            table = _history_table(top, items)
+            seen_count, what, source = 0 if include_seen else len(set(ids)), f"a history of {len(ids)} items", exact
         else:
-            ckpt = open_model(root, model, checkpoint)
-            prep = prepared_dir(root, prepared, checkpoint)
-            items, test = read_table(prep, "items"), read_table(prep, "test")
-            ckpt.check_data(prep / "items.parquet", test.height)
+            prep = prepared or root / paths.PREPARED  # as open_recommender resolved it
             rows = user_rows(test, user, prep) if user is not None else test
-            users = ckpt.user_vectors("next", rows["user_id"].to_list())
-            item_vectors = ckpt.item_vectors()
-            if added_items_dir(ckpt.path).exists():  # the serving index holds the trained items only
-                from molar_core.index import build_index
-                from molar_core.recommender import load
-
-                rec = load(ckpt.path, embeddings, rebuild=ckpt.rebuild)
-                item_vectors = rec.item_vectors().numpy()
-                index, _ = build_index(item_vectors, "Flat")
-                source = (f"exact inner-product index over {rec.num_trained_items:,} trained and "
-                          f"{rec.num_items - rec.num_trained_items:,} added items")
-                items = _with_added_titles(items, ckpt.path)
-            else:
-                index, source = model_index(root, ckpt)
-            seen = None if include_seen else full_sequences(rows)
-            ids, scores = top_k(index, users, item_vectors, seen, k)
-            table = recommendations_table(rows, ids, scores, items)
-            seen_count, what = len(seen[0]) if seen else 0, f"user {user}"
+            sequences = full_sequences(rows)
+            try:
+                if all_users and candidates is None:
+                    item_vectors = rec.item_vectors().numpy()
+                    index, source = model_index(root, rec.checkpoint, item_vectors)
+                    found, scores = top_k(index, rec.user_vectors(sequences).numpy(), item_vectors,
+                                          None if include_seen else sequences, k)
+                else:
+                    found, scores = _top_arrays(rec.recommend_many(sequences, k, not include_seen, candidates), k)
+                    source = exact
+            except ValueError as err:  # a user's sequence holds an item the model has no vector of
+                raise MolarError(f"{prep / 'test.parquet'}: {err}") from None
+            table = recommendations_table(rows, found, scores, items)
+            seen_count, what = 0 if include_seen else len(set(sequences[0])), f"user {user}"
     except MolarError as err:
         _fail(err)
     if out is not None:
         with atomic_path(out) as tmp:
             table.write_parquet(tmp) if out.suffix == ".parquet" else table.write_csv(tmp)
-        count = f"{rows.height:,} users x top-{k}" if history is None else f"top-{k} for {what}"
-        typer.echo(f"recommend: {table.height:,} rows ({count}) from {ckpt.path} via {source} -> {out}")
+        count = f"{rows.height:,} users x top-{k}" if all_users else f"top-{k} for {what}"
+        typer.echo(f"recommend: {table.height:,} rows ({count}) from {rec.checkpoint.path} via {source} -> {out}")
         return
     t = Table("rank", "item_id", "title", "score",
-              title=f"{ckpt.name}: top-{k} for {what} ({seen_count} seen items excluded)")
+              title=f"{rec.name}: top-{k} for {what} ({seen_count} seen items excluded)")
     for r in table.iter_rows(named=True):
         t.add_row(str(r["rank"]), str(r["item_id"]), r["title"] or "", f"{r['score']:.4f}")
     Console().print(t)
@@ -176,35 +192,27 @@ def _history_ids(text: str) -> list[int]:
     return [int(x) for x in parts]
 
 
-def _recommend_history(history: str, k: int, model: str, checkpoint: Path | None, prepared: Path | None,
-                       embeddings: Path | None, include_seen: bool, root: Path):
-    """(checkpoint, table rank/item_id/score/raw_item_id/title, seen items excluded, what was ranked for) for an
-    ad-hoc history, ranked by the model reloaded from its directory (molar_core.recommender): no user vector of
-    it was saved at training time."""
+def _top_arrays(tops: list[list[tuple[int, float]]], k: int):
+    """Recommender rankings as the (item ids, scores) arrays (U, k) of molar_core.recommend: id 0 with score -inf
+    where fewer than k items remain."""
+    import numpy as np
+
+    ids, scores = np.zeros((len(tops), k), dtype=np.int64), np.full((len(tops), k), -np.inf, dtype=np.float32)
+    for r, top in enumerate(tops):
+        ids[r, :len(top)] = [i for i, _ in top]
+        scores[r, :len(top)] = [v for _, v in top]
+    return ids, scores
+
+
+def _history_table(top: list[tuple[int, float]], items):
+    """rank/item_id/score/raw_item_id/title of one ranking (an ad-hoc history has no user columns)."""
     import polars as pl
 
-    from molar_core.recommender import load
-    from pipeline.workspace import prepared_dir
-    from stages.common import read_table
-
-    ids = _history_ids(history)
-    rec = load(checkpoint or root / paths.model_dir(model), embeddings,
-               rebuild=None if checkpoint is not None else paths.producer(model))
-    prep = prepared_dir(root, prepared, checkpoint)
-    items = read_table(prep, "items")
-    rec.checkpoint.check_data(prep / "items.parquet")
-    try:
-        top = rec.recommend(ids, k, exclude_seen=not include_seen)
-    except ValueError as err:
-        raise MolarError(f"--history: {err}") from None
     table = pl.DataFrame({"rank": list(range(1, len(top) + 1)), "item_id": [i for i, _ in top],
                           "score": [s for _, s in top]}, schema={"rank": pl.Int32, "item_id": pl.Int32,
                                                                  "score": pl.Float32})
-    if rec.num_items > rec.num_trained_items:
-        items = _with_added_titles(items, rec.checkpoint.path)
-    table = table.join(items.select("item_id", "raw_item_id", "title"), on="item_id", how="left",
-                       maintain_order="left")
-    return rec.checkpoint, table, 0 if include_seen else len(set(ids)), f"a history of {len(ids)} items"
+    return table.join(items.select("item_id", "raw_item_id", "title"), on="item_id", how="left",
+                      maintain_order="left")
 
 
 def _with_added_titles(items, model_dir: Path):
@@ -398,22 +406,25 @@ def inspect_embeddings(title: str = typer.Option(None, help="nearest neighbours 
 def inspect_index(model: str = typer.Argument("sasrec"), sample: int = typer.Option(1000, help="users to sample"),
                   k: int = typer.Option(10, "--k", "-k", help="recall@k against exact search"),
                   root: Path = Path(".")) -> None:
-    """A model's FAISS index: type, size, and its recall@k against exact search on a sample of user vectors."""
+    """A model's FAISS index: type, size, and its recall@k against exact search on a sample of test users (their
+    test histories encoded by the reloaded model, molar_core.load)."""
     import numpy as np
     from rich.console import Console
 
     from molar_core.index import load_index, recall_vs_exact
-    from pipeline.workspace import open_model
+    from molar_core.recommender import load
+    from stages.common import read_prepared
 
     path = root / paths.INDEX_DIR / f"{model}.faiss"
     try:
         if not path.exists():
             raise ArtifactError(str(path), "not found", "dvc repro index")
-        ckpt = open_model(root, model)
+        rec = load(root / paths.model_dir(model), rebuild=paths.producer(model), added_items=False)
         index = load_index(path, use_gpu="never")
-        users = ckpt.user_vectors("test")
-        rows = np.random.default_rng(0).choice(len(users), size=min(sample, len(users)), replace=False)
-        recall = recall_vs_exact(index, ckpt.item_vectors(), users[np.sort(rows)], k)
+        histories = read_prepared(root, "test")["history"].to_list()
+        rows = np.random.default_rng(0).choice(len(histories), size=min(sample, len(histories)), replace=False)
+        users = rec.user_vectors([histories[r] for r in np.sort(rows)]).numpy()
+        recall = recall_vs_exact(index, rec.item_vectors().numpy(), users, k)
     except MolarError as err:
         _fail(err)
     info_path = path.with_suffix(".json")

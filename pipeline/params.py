@@ -87,6 +87,17 @@ class AmazonParams(Section):
                              "image URL.")
 
 
+class ColdItemsParams(Section):
+    """Items held out of training to measure cold-start recommendation (molar_core.data.processing)."""
+
+    fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share of items held out as cold (0: none): they "
+                            "leave every training sequence and history and appear only as test targets, which "
+                            "evaluate reports as warm and cold.")
+    by: Literal["time", "random"] = Field("time", description="time: the items first interacted with in the last "
+                                          "`fraction` of all interactions; random: a random `fraction` of items.")
+    seed: int = Field(0, ge=0, description="numpy default_rng seed of the `random` draw.")
+
+
 class PrepareParams(Section):
     """Which dataset is read, how it is filtered, and its leave-one-out split (the `prepare` stage)."""
 
@@ -108,6 +119,8 @@ class PrepareParams(Section):
     sample_users: int | None = Field(None, ge=1, description="After k-core, a random subset of this many users "
                                      "with their full sequences (null: all).")
     sample_seed: int = Field(0, ge=0, description="numpy default_rng seed of the `sample_users` draw.")
+    cold_items: ColdItemsParams = Field(ColdItemsParams(), description="A cold-start protocol: items held out of "
+                                        "training, ranked only at test (ids after the warm items').")
 
     @model_validator(mode="after")
     def _source_inputs(self) -> "PrepareParams":
@@ -362,7 +375,7 @@ SEARCH_STRUCTURE = {"nprobe": ("IVF",), "ef_search": ("HNSW",), "refine_k_factor
 
 
 class IndexParams(Section):
-    """The FAISS index `molar recommend` and `molar report` search (evaluation ranks exactly, without it).
+    """The FAISS index `molar recommend --all` searches (every other ranking is exact, evaluation included).
 
     The search settings are null by default: 16 / 64 / 1 where the factory has IVF / HNSW / RFlat or Refine.
     Set explicitly, each needs that structure in the factory: FAISS would silently ignore it otherwise."""
@@ -393,7 +406,8 @@ class IndexParams(Section):
 class EvaluateParams(Section):
     """Exact full ranking (molar_core.ranking, as validation in training) of every model's valid and test users."""
 
-    models: list[str] = Field(["sasrec"], description="Models ranked: sasrec and names of train_variants.")
+    models: list[str] = Field(["sasrec"], description="Models ranked: sasrec, names of train_variants, and "
+                              "popularity (a built-in baseline: items by interaction count, no training).")
     batch_size: int = Field(1024, ge=1, description="Users ranked at once (fewer where users x items scores pass "
                             "256 MiB).")
 
@@ -561,9 +575,9 @@ class Params(Section):
     def _check_variants(self) -> "Params":
         self._check_joint("train", self.train)
         for name, over in self.train_variants.items():
-            if not name.isidentifier() or name in ("sasrec", "index", "embeddings"):
+            if not name.isidentifier() or name in ("sasrec", "popularity", "index", "embeddings"):
                 raise ValueError(f"train_variants: name {name!r} must be an identifier other than "
-                                 "sasrec, index, embeddings")
+                                 "sasrec, popularity, index, embeddings")
             if not isinstance(over, dict):
                 raise ValueError(f"train_variants.{name} must be a mapping of train keys")
             unknown = set(over) - set(TrainParams.model_fields)

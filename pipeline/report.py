@@ -2,7 +2,9 @@
 
 Sections: dataset stats, the metrics table of every model with 95% confidence intervals and the paired difference
 to SASRec, training curves, test NDCG@10 by history length and by the test item's popularity, and a gallery of
-sample users (their last items, then each model's top-10 on the test split with the held-out item marked).
+sample users (their last items, then each model's top-10 on the test split with the held-out item marked: the model
+reloaded by molar_core.load encodes the user's test history and ranks the trained items exactly, as `evaluate`
+does).
 Charts are inline SVG (matplotlib), posters inline JPEG thumbnails.
 """
 
@@ -18,10 +20,10 @@ import numpy as np
 import polars as pl
 
 from molar_core.errors import ArtifactError
-from molar_core.index import search_masked
 from molar_core.io import read_json
+from molar_core.popularity import NAME as POPULARITY
+from molar_core.recommender import load
 from pipeline import paths
-from pipeline.workspace import model_index, open_model
 from stages.common import read_prepared, read_stats
 
 NON_MODEL_KEYS = {"protocol", "runtime"}
@@ -168,13 +170,11 @@ def gallery(root: Path, models: list[str], masking: str, users: int, seed: int, 
     sample = test[rows.tolist()]
     histories = sample["history"].to_list()
     tops = {}
-    for m in models:
-        ckpt = open_model(root, m)
-        index, _ = model_index(root, ckpt)
-        tops[m] = search_masked(index, ckpt.user_vectors("test", sample["user_id"].to_list()),
-                                histories if masking == "history" else None, 10)
+    for m in models:  # exact top-10 of the reloaded model over the trained items, as evaluate ranks them
+        rec = load(root / paths.model_dir(m), rebuild=paths.producer(m), added_items=False)
+        tops[m] = [[i for i, _ in top] for top in rec.recommend_many(histories, 10, masking == "history")]
     shown = {i for h in histories for i in h[-last:]} | set(sample["target"].to_list())
-    shown |= {int(i) for ids in tops.values() for i in ids.reshape(-1) if i > 0}
+    shown |= {i for top in tops.values() for ids in top for i in ids}
     info = items.filter(pl.col("item_id").is_in(sorted(shown)))
     titles = dict(zip(info["item_id"].to_list(), info["title"].to_list()))
     thumbs = {i: thumbnail(p) for i, p in zip(info["item_id"].to_list(), info["image_path"].to_list())}
@@ -186,7 +186,7 @@ def gallery(root: Path, models: list[str], masking: str, users: int, seed: int, 
                  '<div class="row"><span class="label">held out (test)</span>'
                  + _card(target, titles, thumbs, "target") + "</div>"]
         for m in models:
-            ids = [int(i) for i in tops[m][r] if i > 0]
+            ids = tops[m][r]
             hit = target in ids
             lines.append(f'<div class="row"><span class="label">{html.escape(m)}'
                          f'{" ✔ hit @" + str(ids.index(target) + 1) if hit else ""}</span>'
@@ -242,6 +242,6 @@ CI: {html.escape(proto.get('ci', ''))}</p>
 <p class="muted">For each sampled user: their last items, the held-out test item (orange), and each model's top-10
 on the test split{" with the user's history excluded" if proto['masking'] == 'history' else ""} (the held-out item
 in green where a model ranks it).</p>
-{gallery(root, models, proto['masking'], gallery_users, seed)}
+{gallery(root, [m for m in models if m != POPULARITY], proto['masking'], gallery_users, seed)}
 </body></html>
 """

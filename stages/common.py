@@ -171,6 +171,11 @@ def training_resume(root: Path, name: str, *settings: dict) -> TrainingResume:
     return TrainingResume(root / paths.RESUME_DIR / name, hashlib.sha256(blob.encode()).hexdigest())
 
 
+def train_items(stats: dict) -> int | None:
+    """The training catalogue's size when prepare held out cold items (ids past it), else None (every item)."""
+    return stats["warm_items"] if stats.get("cold_items") else None
+
+
 def read_stats(root: Path) -> dict:
     path = root / paths.STATS
     if not path.exists():

@@ -67,7 +67,8 @@ def run(p: PrepareParams, root: Path = Path(".")) -> dict:
                           max_bytes=p.images.max_bytes)
         items, image_counts = attach_images(items, cfg, raw.items_file)
     prepared = process(raw, ProcessConfig(p.min_rating, p.k_core_user, p.k_core_item, p.max_seq_len,
-                                          p.sample_users, p.sample_seed), items)
+                                          p.sample_users, p.sample_seed, p.cold_items.fraction, p.cold_items.by,
+                                          p.cold_items.seed), items)
     stats = prepared.stats
     stats["images"]["missing_by_reason_in_items_table"] = image_counts
     stats["params"] = p.model_dump()
@@ -82,9 +83,13 @@ def run(p: PrepareParams, root: Path = Path(".")) -> dict:
     s = stats["sample"]
     users = f"{stats['users']:,} users" + (f" (a random {s['users']:,} of {s['from_users']:,}, seed {s['seed']})"
                                            if s else "")
+    c, cold = stats["cold_items"], ""
+    if c:
+        cold = (f"; {c['items']:,} cold items (ids {c['ids'][0]}..{c['ids'][1]}, by {c['by']}) held out of "
+                  f"training, the targets of {c['test_targets_cold']:,} test users")
     summary("prepare", f"{users}, {stats['items']:,} items, {stats['interactions']:,} interactions "
             f"from {stats['rows']['input']:,} rows (dropped: {', '.join(f'{k} {v:,}' for k, v in d.items() if v) or 'none'}); "
-            f"images for {stats['images']['item_coverage']:.1%} of items; source: {stats['source']}")
+            f"images for {stats['images']['item_coverage']:.1%} of items; source: {stats['source']}{cold}")
     return stats
 
 

@@ -35,6 +35,7 @@ from stages.common import (
     refit,
     run_main,
     summary,
+    train_items,
     training_resume,
     training_sequences,
     training_summary,
@@ -63,7 +64,8 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
         dim = int(AutoConfig.from_pretrained(llm_dir, trust_remote_code=False).hidden_size)
     ccfg = ContentConfig(num_items=stats["items"], input_dim=feats.shape[1], max_len=p.max_len, dim=dim,
                          layers=p.layers, heads=p.heads, dropout=p.dropout, adapter_hidden=p.adapter_hidden,
-                         hybrid=p.hybrid, norm=p.norm, user_encoder=p.user_encoder, llm_model=llm_dir, llm_layers=p.llm_layers)
+                         hybrid=p.hybrid, norm=p.norm, user_encoder=p.user_encoder, llm_model=llm_dir, llm_layers=p.llm_layers,
+                         train_items=train_items(stats))
     lcfg = MolarLossConfig(rec_loss=p.rec_loss, num_negatives=p.num_negatives, temperature=p.temperature,
                            align_alpha=p.align_alpha, align_tau=p.align_tau, align_positions=p.align_positions,
                            align_head=p.align_head, align_items=p.align_items, joint=p.joint,
@@ -91,7 +93,8 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
     resume = training_resume(root, name, *settings)
     with epoch_progress(p.max_epochs) as advance:
         result = fit(model, seqs, lambda b: model.loss(b, gen),
-                     lambda: ranking_metrics(user_vectors(vh), item_vectors(), vh, vt, protocol.ks, mask),
+                     lambda: ranking_metrics(user_vectors(vh), item_vectors()[:ccfg.catalogue], vh, vt, protocol.ks,
+                                             mask),  # cold items (past the catalogue) are not known yet
                      fit_config(p, metric, f"train@{name}"),
                      gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
                                                        f"{row['valid_' + metric]:.4f}"), resume=resume)

@@ -27,6 +27,7 @@ from stages.common import (
     summary,
     training_resume,
     training_sequences,
+    train_items,
     training_summary,
     write_curve,
 )
@@ -41,7 +42,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
         torch.set_num_threads(p.threads)
     gen = seed_everything(p.seed)
     device = pick_device(p.device)
-    cfg = sasrec_config(p, stats["items"])
+    cfg = sasrec_config(p, stats["items"], train_items(stats))
     model = new_sasrec(cfg, p, device)
     seqs = training_sequences(train["items"].to_list(), p)
     vh, vt = valid["history"].to_list(), valid["target"].to_list()
@@ -49,7 +50,8 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
 
     def validate() -> dict:
         users = encode_users(model.user_vectors, vh, p.max_len, device)
-        return ranking_metrics(users, model.item_vectors().detach().float().cpu(), vh, vt, protocol.ks, mask)
+        items = model.item_vectors()[:cfg.catalogue].detach().float().cpu()  # cold items are not known yet
+        return ranking_metrics(users, items, vh, vt, protocol.ks, mask)
 
     metric = protocol.early_stop_metric
     settings = (p.model_dump(), protocol.model_dump())
@@ -102,10 +104,11 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     return config
 
 
-def sasrec_config(p: TrainIdParams, num_items: int) -> SASRecConfig:
-    """The architecture `train_id`'s params describe, for a catalogue of `num_items`."""
+def sasrec_config(p: TrainIdParams, num_items: int, train_items: int | None = None) -> SASRecConfig:
+    """The architecture `train_id`'s params describe, for a catalogue of `num_items` (of which 1..`train_items`
+    are known while training, when prepare held out cold items)."""
     return SASRecConfig(num_items=num_items, max_len=p.max_len, dim=p.dim, layers=p.layers, heads=p.heads,
-                        dropout=p.dropout, norm=p.norm)
+                        dropout=p.dropout, norm=p.norm, train_items=train_items)
 
 
 def new_sasrec(cfg: SASRecConfig, p: TrainIdParams, device: torch.device) -> SASRec:

@@ -25,7 +25,7 @@ AMAZON = SHARED / "amazon-scientific"
 
 SCHEMAS = {
     "items": {"item_id": pl.Int32, "raw_item_id": pl.String, "title": pl.String, "text": pl.String,
-              "image_path": pl.String, "has_image": pl.Boolean, "content_hash": pl.String},
+              "image_path": pl.String, "has_image": pl.Boolean, "content_hash": pl.String, "cold": pl.Boolean},
     "train": {"user_id": pl.Int32, "raw_user_id": pl.String, "items": pl.List(pl.Int32)},
     "valid": {"user_id": pl.Int32, "raw_user_id": pl.String, "history": pl.List(pl.Int32), "target": pl.Int32},
     "test": {"user_id": pl.Int32, "raw_user_id": pl.String, "history": pl.List(pl.Int32), "target": pl.Int32},

@@ -269,7 +269,7 @@ def test_output_schemas():
         )
     assert prep.items.schema == pl.Schema(
         {"item_id": pl.Int32, "raw_item_id": pl.String, "title": pl.String, "text": pl.String,
-         "image_path": pl.String, "has_image": pl.Boolean, "content_hash": pl.String}
+         "image_path": pl.String, "has_image": pl.Boolean, "content_hash": pl.String, "cold": pl.Boolean}
     )  # fmt: skip
 
 

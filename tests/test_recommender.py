@@ -214,3 +214,63 @@ def test_cli_history_prints_the_recommender_ranking(small_workspace, model):
     assert res.exit_code == 1 and "'x' is not an id" in res.output
     res = runner.invoke(app, ["recommend", "--history", "12", "--user", "1", "--root", str(small_workspace)])
     assert res.exit_code == 1 and "exactly one of" in res.output
+
+
+@pytest.mark.parametrize("model", ["sasrec", "molar"])
+def test_cli_user_ranks_the_whole_sequence_as_history_and_the_saved_next_vector_do(small_workspace, tmp_path, model):
+    """`--user X` encodes X's whole known sequence with the reloaded model: the very ranking `--history` gives for
+    that sequence, and (reference computed another way) a numpy ranking of the saved `next` user vector over the
+    saved item vectors, to 1e-5 in score. `--all`, the serving-index path, ranks those users alike."""
+    runner = CliRunner()
+    root = small_workspace
+    test = pl.read_parquet(root / "data/prepared/test.parquet")
+    users = load_user_vectors(root / f"artifacts/{model}/user_vectors.safetensors", "next")
+    items = load_item_vectors(root / f"artifacts/{model}/item_vectors.safetensors")
+    every = tmp_path / "all.parquet"
+    res = runner.invoke(app, ["recommend", "--all", "--out", str(every), "-m", model, "-k", "10", "--root", str(root)])
+    assert res.exit_code == 0, res.output
+    every = pl.read_parquet(every)
+    for r in (0, 37, test.height - 1):
+        row = test.row(r, named=True)
+        seq = row["history"] + [row["target"]]
+        by_user, by_history = tmp_path / f"user-{r}.parquet", tmp_path / f"history-{r}.parquet"
+        res = runner.invoke(app, ["recommend", "--user", row["raw_user_id"], "-m", model, "-k", "10", "--out",
+                                  str(by_user), "--root", str(root)])
+        assert res.exit_code == 0, res.output
+        assert "exact ranking of the reloaded model" in res.output
+        res = runner.invoke(app, ["recommend", "--history", ",".join(map(str, seq)), "-m", model, "-k", "10",
+                                  "--out", str(by_history), "--root", str(root)])
+        assert res.exit_code == 0, res.output
+        got, ref = pl.read_parquet(by_user), pl.read_parquet(by_history)
+        assert got["user_id"].unique().to_list() == [row["user_id"]] and got["rank"].to_list() == list(range(1, 11))
+        assert got["item_id"].to_list() == ref["item_id"].to_list()
+        assert got["score"].to_list() == ref["score"].to_list()
+        assert got["title"].to_list() == ref["title"].to_list()
+        top = list(zip(got["item_id"].to_list(), got["score"].to_list()))
+        assert_top_k(top, brute_force(users[r], items, seq), 10)
+        batch = every.filter(pl.col("user_id") == row["user_id"]).sort("rank")
+        assert_top_k(list(zip(batch["item_id"].to_list(), batch["score"].to_list())),
+                     brute_force(users[r], items, seq), 10)
+
+
+def test_cli_copied_content_model_reads_the_store_of_its_prepared_data_or_embeddings(small_workspace, tmp_path):
+    """A copied content model directory reads the embedding store of the workspace holding the prepared data it is
+    given (as `dvc repro` lays them out), else the one --embeddings names; with neither the command stops naming
+    --embeddings, and with the store given it ranks as the model in its workspace does."""
+    runner = CliRunner()
+    ckpt = tmp_path / "elsewhere" / "molar"
+    shutil.copytree(small_workspace / "artifacts/molar", ckpt)
+    bare = tmp_path / "bare" / "prepared"  # prepared data outside any workspace: no store beside it
+    shutil.copytree(small_workspace / "data/prepared", bare)
+    res = runner.invoke(app, ["recommend", "--user", "1", "--checkpoint", str(ckpt), "--prepared", str(bare)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"not at {(tmp_path / 'artifacts/embeddings').resolve()}" in out, res.output
+    assert "give it as --embeddings STORE" in out
+    got, ref = tmp_path / "copy.parquet", tmp_path / "in_place.parquet"
+    res = runner.invoke(app, ["recommend", "--user", "1", "--checkpoint", str(ckpt), "--prepared", str(bare),
+                              "--embeddings", str(small_workspace / "artifacts/embeddings"), "--out", str(got)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["recommend", "--user", "1", "-m", "molar", "--out", str(ref), "--root",
+                              str(small_workspace)])
+    assert res.exit_code == 0, res.output
+    assert pl.read_parquet(got).equals(pl.read_parquet(ref))

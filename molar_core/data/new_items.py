@@ -66,5 +66,5 @@ def read_new_items(path: str | Path, known: dict[str, int], first_id: int, image
         values = [items[f].to_list() for f in text_fields]
         texts = [render_text(t, {f: values[j][i] for j, f in enumerate(text_fields)}) for i, t in enumerate(titles)]
     out = items_table(range(first_id, first_id + items.height), items["item"], titles, texts,
-                      items["image_path"].to_list())
+                      items["image_path"].to_list(), [True] * items.height)
     return out, missing

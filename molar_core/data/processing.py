@@ -3,7 +3,8 @@
 Order of steps (each drop is counted under its reason in `stats.json`):
 rating threshold -> unknown items -> duplicates (user, item) -> most recent `max_seq_len` per user ->
 iterative k-core (users need max(k_core_user, 3) interactions so that train, valid and test are non-empty) ->
-optional random subset of `sample_users` users (`not_sampled`).
+optional random subset of `sample_users` users (`not_sampled`) -> optional cold-item holdout (`cold_history`,
+`cold_short_user`).
 Ties in time are broken by the row order of the source file, so the order is stable and deterministic.
 
 Sampling keeps or removes whole users after k-core and k-core is not applied again: every sampled user keeps
@@ -11,6 +12,15 @@ exactly the sequence the unsampled run gives it, so k_core_user (and the 3-item 
 sample has exactly `sample_users` users. Items are counted over the filtered data before sampling, so with
 k_core_item > 1 an item may have fewer interactions in the sample (`stats["sample"]` counts such items).
 Items left without interactions leave the catalogue: ids 1..N are assigned over the sampled interactions.
+
+Cold items (`cold_fraction` > 0) measure what a model does for items nobody interacted with while it trained:
+`cold_by: time` holds out the items whose first interaction is among the last `cold_fraction` of all
+interactions in time, `random` a uniformly random `cold_fraction` of the items (default_rng(cold_seed)). Their
+interactions leave every training and validation sequence and every history; only a user's last interaction,
+the test target, may be cold (so test targets split into warm and cold). A user left with fewer than 3 items
+(two warm ones before the test target) is removed, and each removed row is counted. Warm items get ids
+1..W and cold items W+1..N (each in natural raw-id order), so the training catalogue is the prefix 1..W
+(`stats["warm_items"]`; the models' `train_items`) and the test ranks all N items.
 """
 
 from __future__ import annotations
@@ -36,13 +46,16 @@ class ProcessConfig:
     max_seq_len: int | None = None
     sample_users: int | None = None  # keep a uniformly random subset of this many users after k-core
     sample_seed: int = 0
+    cold_fraction: float = 0.0  # hold out this fraction of items (by time or at random) as cold; 0: none
+    cold_by: str = "time"  # time: items first seen in the last cold_fraction of interactions | random
+    cold_seed: int = 0  # default_rng seed of the `random` draw
 
 
 @dataclass
 class Prepared:
     """Everything the prepare stage writes."""
 
-    items: pl.DataFrame  # item_id (1..N), raw_item_id, title, text, image_path, has_image, content_hash
+    items: pl.DataFrame  # item_id (1..N), raw_item_id, title, text, image_path, has_image, content_hash, cold
     train: pl.DataFrame  # user_id, raw_user_id, items (list[i32])
     valid: pl.DataFrame  # user_id, raw_user_id, history (list[i32]), target (i32)
     test: pl.DataFrame  # user_id, raw_user_id, history, target
@@ -191,8 +204,19 @@ def process(raw: RawDataset, cfg: ProcessConfig, items_with_images: pl.DataFrame
                   "from_items": n_items, "from_interactions": before, "k_core_reapplied": False,
                   "items_below_k_core_item": int((item_counts < cfg.k_core_item).sum())}
 
-    # contiguous ids: items 1..N (0 = padding), users 0..U-1, both in natural raw-id order
-    item_order = _natural_order(inter["item"].unique())
+    cold = None
+    if cfg.cold_fraction > 0:
+        cold = cold_item_set(inter, cfg.cold_fraction, cfg.cold_by, cfg.cold_seed, file)
+        catalogue = inter["item"].unique()  # cold items stay candidates even where no test target is theirs
+        inter, cold_counts = hold_out_cold(inter, cold, dropped)
+    # contiguous ids: items 1..N (0 = padding; warm items first when some are cold), users 0..U-1, both in natural
+    # raw-id order
+    if cold is None:
+        item_order = _natural_order(inter["item"].unique())
+    else:
+        item_order = pl.concat([_natural_order(catalogue.filter(~catalogue.is_in(cold.implode()))),
+                                _natural_order(cold)])
+    num_warm = len(item_order) - (len(cold) if cold is not None else 0)
     user_order = _natural_order(inter["user"].unique())
     item_map = pl.DataFrame({"item": item_order, "item_id": pl.int_range(1, len(item_order) + 1, eager=True)
                              .cast(pl.Int32)})
@@ -212,7 +236,7 @@ def process(raw: RawDataset, cfg: ProcessConfig, items_with_images: pl.DataFrame
                        pl.col("seq").list.slice(0, pl.col("seq").list.len() - 1).alias("history"),
                        pl.col("seq").list.get(-1).alias("target"))
 
-    items_out = _build_items(item_map, items, raw.text_fields)
+    items_out = _build_items(item_map, items, raw.text_fields, num_warm)
     n_items_table = items.height if items is not None else None
 
     lengths = seqs["seq"].list.len()
@@ -234,6 +258,12 @@ def process(raw: RawDataset, cfg: ProcessConfig, items_with_images: pl.DataFrame
         "items_without_interactions": (n_items_table - len(item_order)) if n_items_table is not None else None,
         "k_core": {"user_min": user_min, "item_min": cfg.k_core_item, "rounds": rounds},
         "sample": sample,  # null: all users; else the draw and what it was drawn from (k-core is not re-run)
+        "warm_items": num_warm,  # the training catalogue: item ids 1..warm_items (all items unless some are cold)
+        "cold_items": None if cold is None else {
+            "fraction": cfg.cold_fraction, "by": cfg.cold_by, "seed": cfg.cold_seed if cfg.cold_by == "random" else None,
+            "items": len(item_order) - num_warm, "ids": [num_warm + 1, len(item_order)], **cold_counts,
+            "test_targets_cold": int((test["target"] > num_warm).sum()),
+            "test_targets_warm": int((test["target"] <= num_warm).sum())},
         "sequence_length": {
             "min": int(lengths.min()), "p25": float(lengths.quantile(0.25, "linear")),
             "median": float(lengths.median()),
@@ -245,13 +275,53 @@ def process(raw: RawDataset, cfg: ProcessConfig, items_with_images: pl.DataFrame
             "item_coverage": float(has_img.mean()),
             "interaction_coverage": float(img_inter / n_kept),
         },
-        "split": "leave-one-out: last item test, second-to-last validation, the rest train",
+        "split": "leave-one-out: last item test, second-to-last validation, the rest train"
+                 + ("; cold items only as test targets" if cold is not None else ""),
         "tie_break": "source row order",
     }
     return Prepared(items=items_out, train=train, valid=valid, test=test, stats=stats)
 
 
-def _build_items(item_map: pl.DataFrame, items: pl.DataFrame | None, text_fields: list[str]) -> pl.DataFrame:
+def cold_item_set(inter: pl.DataFrame, fraction: float, by: str, seed: int, file: str) -> pl.Series:
+    """The raw ids of the items held out as cold. `time`: the items whose first interaction is among the last
+    `fraction` of interactions (ordered by time, then source row); `random`: round(fraction x items) items drawn
+    by default_rng(seed) from the items in natural order (so the draw does not depend on row order)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"prepare.cold_items.fraction must be in (0, 1), got {fraction}")
+    if by == "time":
+        ordered = inter.sort(["timestamp", "source_row"]).with_row_index("position")
+        cutoff = ordered.height - round(fraction * ordered.height)
+        first = ordered.group_by("item").agg(pl.col("position").min())
+        chosen = first.filter(pl.col("position") >= cutoff)["item"]
+    elif by == "random":
+        items = _natural_order(inter["item"].unique())
+        n = round(fraction * len(items))
+        chosen = items.gather(np.sort(np.random.default_rng(seed).choice(len(items), size=n, replace=False)))
+    else:
+        raise ValueError(f"prepare.cold_items.by must be time or random, got {by!r}")
+    if len(chosen) == 0:
+        raise DataError(file, f"prepare.cold_items (fraction {fraction}, by {by}) selects no item: raise the fraction")
+    return chosen.alias("item")
+
+
+def hold_out_cold(inter: pl.DataFrame, cold: pl.Series, dropped: dict[str, int]) -> tuple[pl.DataFrame, dict]:
+    """`inter` (sorted by user, time) without the cold items' interactions, except each user's last one (the test
+    target); then without the users left with fewer than MIN_SEQUENCE items. Both removals are counted in
+    `dropped` (cold_history, cold_short_user)."""
+    is_cold = pl.col("item").is_in(cold.implode())
+    last = pl.int_range(pl.len()).over("user") == pl.len().over("user") - 1
+    before = inter.height
+    kept = inter.filter(~is_cold | last)
+    dropped["cold_history"] = before - kept.height
+    users_before = kept["user"].n_unique()
+    before = kept.height
+    kept = kept.filter(pl.len().over("user") >= MIN_SEQUENCE)
+    dropped["cold_short_user"] = before - kept.height
+    return kept, {"users_removed": users_before - kept["user"].n_unique()}
+
+
+def _build_items(item_map: pl.DataFrame, items: pl.DataFrame | None, text_fields: list[str],
+                 num_warm: int) -> pl.DataFrame:
     if items is None:
         table = item_map.with_columns(pl.col("item").alias("title"), pl.lit(None, pl.String).alias("image_path"))
         text_fields = []
@@ -263,13 +333,15 @@ def _build_items(item_map: pl.DataFrame, items: pl.DataFrame | None, text_fields
     fields = [table[c].cast(pl.String).to_list() for c in text_fields]
     texts = [render_text(title, {c: fields[j][i] for j, c in enumerate(text_fields)})
              for i, title in enumerate(titles)]
-    return items_table(table["item_id"], table["item"], titles, texts, table["image_path"].to_list())
+    return items_table(table["item_id"], table["item"], titles, texts, table["image_path"].to_list(),
+                       (table["item_id"] > num_warm).to_list())
 
 
 def items_table(item_ids, raw_ids: pl.Series, titles: list[str], texts: list[str],
-                images: list[str | None]) -> pl.DataFrame:
+                images: list[str | None], cold: list[bool]) -> pl.DataFrame:
     """items.parquet's columns, with each item's content hash (the key of the embedding cache): one writer for
-    prepared items and for items added to a trained model later."""
+    prepared items and for items added to a trained model later. `cold`: the item had no interaction in
+    training (held out by prepare.cold_items, or added to a trained model)."""
     return pl.DataFrame({
         "item_id": pl.Series(item_ids).cast(pl.Int32),
         "raw_item_id": raw_ids,
@@ -278,4 +350,5 @@ def items_table(item_ids, raw_ids: pl.Series, titles: list[str], texts: list[str
         "image_path": pl.Series(images, dtype=pl.String),
         "has_image": pl.Series([p is not None for p in images], dtype=pl.Boolean),
         "content_hash": pl.Series([content_hash(t, p) for t, p in zip(texts, images)], dtype=pl.String),
+        "cold": pl.Series(cold, dtype=pl.Boolean),
     })

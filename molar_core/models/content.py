@@ -34,6 +34,13 @@ class ContentConfig:
     user_encoder: str = "small"  # small: CausalTransformer; llm: layers of a pretrained decoder LLM (llm_model)
     llm_model: str | None = None  # local directory of a causal LM (user_encoder: llm); dim = its hidden size
     llm_layers: int | None = None  # keep only the LLM's first N layers (None: all)
+    train_items: int | None = None  # the training catalogue is ids 1..train_items (None: all); later ids are
+    # cold items (prepare.cold_items): no loss scores them, the adapter makes their vectors from content alone
+
+    @property
+    def catalogue(self) -> int:
+        """Items a training step scores: 1..catalogue."""
+        return self.num_items if self.train_items is None else self.train_items
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,8 +59,9 @@ class ContentUserModel(nn.Module):
         self.id_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0) if cfg.hybrid else None
         if self.id_emb is not None:
             nn.init.normal_(self.id_emb.weight, std=0.02)
-            with torch.no_grad():
+            with torch.no_grad():  # padding and cold items: no id embedding (content alone), as for added items
                 self.id_emb.weight[0].zero_()
+                self.id_emb.weight[cfg.catalogue + 1:].zero_()
         if cfg.user_encoder == "small":
             self.encoder = CausalTransformer(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, cfg.norm)
             if cfg.norm == "post":
@@ -69,10 +77,12 @@ class ContentUserModel(nn.Module):
         else:
             raise ValueError(f"user_encoder must be small or llm, got {cfg.user_encoder!r}")
 
-    def item_table(self, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Adapted vectors of the given item ids (all items 1..N when None)."""
+    def item_table(self, ids: torch.Tensor | None = None, catalogue: bool = False) -> torch.Tensor:
+        """Adapted vectors of the given item ids (when None: all items 1..N, or with `catalogue` the training
+        catalogue 1..cfg.catalogue)."""
         if ids is None:
-            ids = torch.arange(1, self.cfg.num_items + 1, device=self.features.device)
+            n = self.cfg.catalogue if catalogue else self.cfg.num_items
+            ids = torch.arange(1, n + 1, device=self.features.device)
         x = self.adapter(self.features[ids])
         if self.id_emb is not None:
             x = x + self.id_emb(ids)

@@ -93,7 +93,7 @@ class Molar(nn.Module):
         if cfg.rec_loss == "infonce" and cfg.num_negatives is not None:
             # sampled negatives: adapt only the items this step touches (histories, targets, negatives), so a
             # step costs the same for 1e4 or 1e6 items; `local` maps item ids to rows of that table (0 stays 0)
-            neg = sample_negatives(self.content.cfg.num_items, cfg.num_negatives, generator, device)
+            neg = sample_negatives(self.content.cfg.catalogue, cfg.num_negatives, generator, device)
             touched = torch.unique(torch.cat([inputs[inputs > 0], targets[targets > 0], neg]))
 
             def local(ids: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,7 @@ class Molar(nn.Module):
             def local(ids: torch.Tensor) -> torch.Tensor:
                 return ids
 
-            items = self.content.item_vectors()
+            items = self.content.item_table(catalogue=True)  # cold items (ids past it) are never scored
         h = self.content.hidden(local(inputs), items)
         real = targets > 0
         hr, t = h[real], local(targets[real])
@@ -122,7 +122,8 @@ class Molar(nn.Module):
             if cfg.joint:
                 self.id_model.train()
                 hid = self.id_model.hidden(id_in)
-                id_rec = full_softmax_ce(hid[real[:, -id_in.shape[1]:]], self.id_model.item_vectors(),
+                id_rec = full_softmax_ce(hid[real[:, -id_in.shape[1]:]],
+                                         self.id_model.item_vectors()[:self.id_model.cfg.catalogue],
                                          targets[:, -id_in.shape[1]:][real[:, -id_in.shape[1]:]])
                 total = total + id_rec
                 parts["id_rec"] = float(id_rec.detach())

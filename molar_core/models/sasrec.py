@@ -26,6 +26,13 @@ class SASRecConfig:
     heads: int = 2
     dropout: float = 0.2
     norm: str = "post"  # post: RecBole's encoder (post-LN, input LN, N(0, 0.02) init, unscaled); pre: pre-LayerNorm
+    train_items: int | None = None  # the training catalogue is ids 1..train_items (None: all); later ids are
+    # cold items (prepare.cold_items) that no loss or validation scores, so their rows keep their initial values
+
+    @property
+    def catalogue(self) -> int:
+        """Items a training step scores: 1..catalogue."""
+        return self.num_items if self.train_items is None else self.train_items
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,12 +78,13 @@ def sasrec_loss(model: SASRec, seqs: list[list[int]], loss: str = "ce", num_nega
     h = model.hidden(inputs)
     real = targets > 0
     h, t = h[real], targets[real]
+    n = model.cfg.catalogue
     if loss == "ce":
-        value = full_softmax_ce(h, model.item_vectors(), t)
+        value = full_softmax_ce(h, model.item_vectors()[:n], t)
     else:
         # a sparse item table (train_id.sparse_item_updates) is read row by row, so its gradient stays sparse
-        table = model.item_emb if model.item_emb.sparse else model.item_vectors()
-        value = sampled_softmax_ce(h, table, t, num_negatives, generator, model.cfg.num_items)
+        table = model.item_emb if model.item_emb.sparse else model.item_vectors()[:n]
+        value = sampled_softmax_ce(h, table, t, num_negatives, generator, n)
     return value, {"loss": float(value.detach())}
 
 
