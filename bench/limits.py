@@ -53,7 +53,7 @@ def embed_workload(data: Path, batch: int, n: int = 512) -> dict:
     items = prepared_items(data, Path(tempfile.mkdtemp(prefix="molar-bench-data-")))
     texts = items["text"].to_list()[:n]
     cfg = Params().embed
-    enc = build_encoder(EncoderConfig(**{k: v for k, v in cfg.model_dump().items() if k != "shard_size"}))
+    enc = build_encoder(EncoderConfig(**cfg.model_dump(exclude={"shard_size", "engine", "ray"})))
     enc.batch_size = batch
     none = [None] * len(texts)
     seconds = best_seconds(lambda: enc.encode(texts, none), reps=2)

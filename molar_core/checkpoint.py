@@ -12,10 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from molar_core.errors import ArtifactError
-from molar_core.io import sha256_file
-from molar_core.vectors import load_item_vectors, read_user_vectors
+from molar_core.io import atomic_dir, sha256_file, write_json_atomic
+from molar_core.vectors import (
+    load_item_vectors,
+    read_user_vectors,
+    save_item_vectors,
+    save_tensors,
+    save_user_vectors,
+)
 
 CHECKPOINT_FORMAT = 2  # 1: no `next` user vectors, no data fingerprint; 2: both
 REQUIRED_FILES = ("config.json", "item_vectors.safetensors", "user_vectors.safetensors")
@@ -78,3 +85,28 @@ def open_checkpoint(path: str | Path, rebuild: str | None = None) -> Checkpoint:
         raise ArtifactError(str(path / "config.json"), f"checkpoint format {version}, this molar reads format "
                             f"{CHECKPOINT_FORMAT}: retrain the model with this version", rebuild)
     return Checkpoint(path, config, rebuild)
+
+
+def write_checkpoint(path: str | Path, config: dict, state: dict[str, torch.Tensor], item_vectors: torch.Tensor,
+                     user_ids: torch.Tensor, user_vectors: dict[str, torch.Tensor], metadata: dict[str, str],
+                     extra_weights: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+    """Write a trained model's directory as one unit (molar_core.io.atomic_dir: a reader sees the old directory or
+    the complete new one, never a mix): model.safetensors (`state`), any `extra_weights` (file name -> state dict,
+    e.g. a refit's early_stopped.safetensors), item_vectors.safetensors (row i = item i+1, in scoring form),
+    user_vectors.safetensors (`user_ids` and one tensor per split: train, valid, test, next) and config.json.
+
+    `config` needs `model` (the name) and `data` (items_sha256, num_items, num_users: what open_checkpoint and
+    Checkpoint.check_data read); it is written with this code's `format_version` first. `metadata` goes into
+    every safetensors header."""
+    missing = [key for key in ("model", "data") if key not in config]
+    if missing:
+        raise ValueError(f"config lacks {', '.join(missing)}: a checkpoint records its model name and data")
+    if config.get("format_version", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
+        raise ValueError(f"config has format_version {config['format_version']}, this code writes {CHECKPOINT_FORMAT}")
+    with atomic_dir(Path(path)) as out:
+        save_tensors(out / "model.safetensors", state, metadata)
+        for name, weights in (extra_weights or {}).items():
+            save_tensors(out / name, weights, metadata)
+        save_item_vectors(out / "item_vectors.safetensors", item_vectors, metadata)
+        save_user_vectors(out / "user_vectors.safetensors", user_ids, user_vectors, metadata)
+        write_json_atomic(out / "config.json", {"format_version": CHECKPOINT_FORMAT, **config})

@@ -66,6 +66,38 @@ def target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list[list[
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
+def _ranks_of_slice(args: tuple) -> torch.Tensor:
+    """One worker's share of sharded_target_ranks (a top-level function: worker processes import it)."""
+    users, items, histories, targets, chunk, threads = args
+    torch.set_num_threads(threads)
+    return target_ranks(users, items, histories, targets, chunk)
+
+
+def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list[list[int]] | None,
+                         targets: torch.Tensor, chunk: int | None = None, workers: int = 1) -> torch.Tensor:
+    """target_ranks with the users split over `workers` processes (each holds every item and ranks a slice of
+    users), results concatenated in user order. Slices are cut at multiples of the user chunk, so every block of
+    scores is the same matrix product as in one process and the ranks are identical, not merely close. Each
+    worker runs torch with cores // workers threads."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch.multiprocessing as tmp
+
+    chunk = user_chunk(items.shape[0], chunk)
+    blocks = -(-len(users) // chunk)
+    if workers <= 1 or blocks < 2:
+        return target_ranks(users, items, histories, targets, chunk)
+    per = -(-blocks // workers) * chunk  # users per worker: whole chunks
+    cuts = list(range(0, len(users), per))
+    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+                  // len(cuts))
+    jobs = [(users[s:s + per], items, histories[s:s + per] if histories is not None else None,
+             targets[s:s + per], chunk, threads) for s in cuts]
+    with ProcessPoolExecutor(len(jobs), mp_context=tmp.get_context("spawn")) as pool:
+        return torch.cat(list(pool.map(_ranks_of_slice, jobs)))
+
+
 def topk_items(users: torch.Tensor, items: torch.Tensor, histories: list[list[int]] | None, k: int,
                chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k item ids (1-based) and scores per user, by brute force."""

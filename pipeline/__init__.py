@@ -1,1 +1,2 @@
-"""The molar pipeline: typer CLI, the typed params schema and the artifact paths."""
+"""The molar pipeline: the typed params schema, the artifact paths, the workspace readers and the params -> library
+configs (what stages import), then the typer CLI, the report and add-items (which import no stage)."""

@@ -30,9 +30,9 @@ from molar_core.io import runtime_info
 from molar_core.recommender import SASREC_NEW_ITEMS, load
 from molar_core.store import Manifest, lookup_vectors, open_manifest, update_embeddings
 from pipeline import paths
+from pipeline.configs import encoder_config
 from pipeline.params import EmbedParams, ImageParams, Params
-from stages.common import read_prepared, read_stats
-from stages.embed import encoder_config
+from pipeline.readers import read_prepared, read_stats
 
 
 def run(root: Path, model: str, items_file: Path | None, params: Params,

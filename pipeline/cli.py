@@ -23,11 +23,9 @@ PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file")
 
 
 def _fail(err: Exception) -> None:
-    from rich.markup import escape
+    from pipeline.console import print_error
 
-    from stages.common import console
-
-    console.print(f"[bold red]error[/]: {escape(str(err))}", soft_wrap=True)
+    print_error(err)
     raise typer.Exit(1)
 
 
@@ -126,8 +124,8 @@ def recommend(user: str = typer.Option(None, "--user", "-u", help="raw user id (
     from molar_core.io import atomic_path
     from molar_core.recommend import recommend as top_k
     from molar_core.recommend import recommendations_table
+    from pipeline.readers import full_sequences
     from pipeline.workspace import candidate_items, model_index, open_recommender, user_rows
-    from stages.common import full_sequences
 
     try:
         if (user is not None) + all_users + (history is not None) != 1:
@@ -238,7 +236,7 @@ def add_items(items_file: Path = typer.Argument(None, help="new items (.csv, .ts
     """Add items to a trained content model without retraining: embed their new contents, make their item
     vectors with the model's adapter, write artifacts/added-items/MODEL/ (then `molar recommend` ranks them)."""
     from pipeline.add_items import run
-    from stages.common import console
+    from pipeline.console import console
 
     try:
         p = load_params(params if params is not None else root / "params.yaml")
@@ -311,7 +309,7 @@ def inspect_prepared(user: str = typer.Option(None, help="raw user id: print the
     import polars as pl
     from rich.console import Console
 
-    from stages.common import read_prepared, read_stats
+    from pipeline.readers import read_prepared, read_stats
 
     try:
         stats = read_stats(root)
@@ -361,7 +359,7 @@ def inspect_embeddings(title: str = typer.Option(None, help="nearest neighbours 
     from rich.console import Console
 
     from molar_core.store import lookup_vectors, open_manifest
-    from stages.common import read_prepared
+    from pipeline.readers import read_prepared
 
     out = Console()
     store = root / paths.EMBEDDINGS
@@ -413,7 +411,7 @@ def inspect_index(model: str = typer.Argument("sasrec"), sample: int = typer.Opt
 
     from molar_core.index import load_index, recall_vs_exact
     from molar_core.recommender import load
-    from stages.common import read_prepared
+    from pipeline.readers import read_prepared
 
     path = root / paths.INDEX_DIR / f"{model}.faiss"
     try:

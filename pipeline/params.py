@@ -410,10 +410,39 @@ class EvaluateParams(Section):
                               "popularity (a built-in baseline: items by interaction count, no training).")
     batch_size: int = Field(1024, ge=1, description="Users ranked at once (fewer where users x items scores pass "
                             "256 MiB).")
+    workers: int = Field(1, ge=1, description="Processes that rank the users, each a slice of them against every "
+                         "item (cut at whole batches: the same ranks as one process).")
+
+
+class RayPoolParams(Section):
+    """The actor pool of `embed.engine: ray` (molar_core.distributed.ray_embed)."""
+
+    actors: int = Field(2, ge=1, description="Encoder actors, each holding the model once (GPU machines: one per "
+                        "device).")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves per actor (also its torch threads, at "
+                                  "least 1).")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs Ray reserves per actor (1 on GPU machines).")
+    max_restarts: int = Field(3, ge=0, description="An actor killed mid-window is restarted this often and the "
+                              "window retried.")
+
+
+class RuntimeParams(Section):
+    """Where distributed engines run (read by `embed` with `engine: ray`)."""
+
+    address: str = Field("local", description="local: a private Ray instance in the stage's process; auto: "
+                         "RAY_ADDRESS or the cluster `ray start --head` runs here; host:port: that head.")
+    connect_timeout_s: float = Field(30.0, gt=0, description="A head that does not answer within this fails the "
+                                     "stage naming the address.")
+    num_cpus: int | None = Field(None, ge=1, description="address local: CPUs the private instance offers (null: "
+                                 "all).")
 
 
 class EmbedParams(Section):
     """Item encoder (stage embed): every item's text (+ image) -> one vector, cached by content hash."""
+
+    engine: Literal["local", "ray"] = Field("local", description="local: this process encodes; ray: an actor pool "
+                                            "on the `runtime` cluster (the same cache, written by this process).")
+    ray: RayPoolParams = Field(RayPoolParams(), description="The actor pool of engine ray.")
 
     encoder: Literal["sentence", "mllm"] = Field("sentence", description="sentence: all-MiniLM-L6-v2 text vectors; "
                                                  "mllm: a Qwen2-VL-family model (text + image).")
@@ -566,6 +595,7 @@ class Params(Section):
                                             "variant name maps to overrides of train keys (`artifacts/<name>/`).")
     finetune_encoder: FinetuneEncoderParams = Field(FinetuneEncoderParams(), description="Read by finetune_encoder "
                                                     "(with embed's prompts, pooling and image settings).")
+    runtime: RuntimeParams = Field(RuntimeParams(), description="Read by embed with engine ray.")
     embed: EmbedParams = Field(EmbedParams(), description="Read by embed (the keys shaping a vector also by "
                                "finetune_encoder).")
     index: IndexParams = Field(IndexParams(), description="Read by index.")

@@ -24,7 +24,7 @@ from molar_core.io import read_json
 from molar_core.popularity import NAME as POPULARITY
 from molar_core.recommender import load
 from pipeline import paths
-from stages.common import read_prepared, read_stats
+from pipeline.readers import read_prepared, read_stats
 
 NON_MODEL_KEYS = {"protocol", "runtime"}
 THUMB_HEIGHT = 96

@@ -18,7 +18,7 @@ from molar_core.errors import DataError, MolarError
 from molar_core.index import build_index, load_index
 from molar_core.io import read_json
 from pipeline import paths
-from stages.common import index_is_current, index_paths, read_table
+from pipeline.readers import index_is_current, index_paths, read_table
 
 if TYPE_CHECKING:
     from molar_core.recommender import Recommender

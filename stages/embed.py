@@ -14,24 +14,18 @@ from typing import TypeVar
 
 import polars as pl
 
-from molar_core.encoders import EncoderConfig, build_encoder
+from molar_core.encoders import build_encoder
 from molar_core.io import runtime_info, write_json_atomic
 from molar_core.store import update_embeddings
 from pipeline import paths
-from pipeline.params import EmbedParams, Params
-from stages.common import console, params_from_argv, run_main, scan_items, summary
+from pipeline.configs import encoder_config
+from pipeline.params import EmbedParams, Params, RuntimeParams
+from pipeline.readers import scan_items
+from stages.common import console, params_from_argv, run_main, summary
 
 METRICS = paths.METRICS_DIR / "embed.json"
 PAUSE_ENV = "MOLAR_EMBED_PAUSE_AFTER_SHARD"  # test-only hook: seconds to sleep after each flushed shard
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
-
-
-def encoder_config(p: EmbedParams, root: Path = Path(".")) -> EncoderConfig:
-    """A relative `model` that exists under the project root (artifacts/encoder, say) is read from there."""
-    cfg = EncoderConfig(**{k: v for k, v in p.model_dump().items() if k != "shard_size"})
-    if p.model and not Path(p.model).is_absolute() and (root / p.model).exists():
-        cfg.model = str(root / p.model)
-    return cfg
 
 
 def resolve_images(items: FrameT, root: Path) -> FrameT:
@@ -42,17 +36,33 @@ def resolve_images(items: FrameT, root: Path) -> FrameT:
                               .otherwise(pl.lit(f"{root}/") + path).alias("image_path"))
 
 
-def run(p: EmbedParams, root: Path = Path(".")) -> dict:
+def open_encoder(p: EmbedParams, root: Path, runtime: RuntimeParams | None):
+    """This process's encoder, or with `engine: ray` an actor pool of them on the `runtime` cluster."""
+    if p.engine == "local":
+        return build_encoder(encoder_config(p, root))
+    from molar_core.distributed.ray_cluster import RayConnection, connect
+    from molar_core.distributed.ray_embed import ActorPoolConfig, RayPoolEncoder
+
+    runtime = runtime or RuntimeParams()
+    connect(RayConnection(**runtime.model_dump()))
+    return RayPoolEncoder(encoder_config(p, root), ActorPoolConfig(**p.ray.model_dump()))
+
+
+def run(p: EmbedParams, root: Path = Path("."), runtime: RuntimeParams | None = None) -> dict:
     items = resolve_images(scan_items(root), root)
     t0 = time.perf_counter()
-    encoder = build_encoder(encoder_config(p, root))
+    encoder = open_encoder(p, root, runtime)
     load_s = time.perf_counter() - t0
     if encoder.backend_note:
         console.print(f"embed: {encoder.backend_note}", markup=False, highlight=False)
     pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
-    report = update_embeddings(root / paths.EMBEDDINGS, items, encoder, p.shard_size, runtime=runtime_info(),
-                               log=lambda msg: console.print(f"embed: {msg}", markup=False, highlight=False),
-                               after_flush=(lambda entry: time.sleep(pause)) if pause > 0 else None)
+    try:
+        report = update_embeddings(root / paths.EMBEDDINGS, items, encoder, p.shard_size, runtime=runtime_info(),
+                                   log=lambda msg: console.print(f"embed: {msg}", markup=False, highlight=False),
+                                   after_flush=(lambda entry: time.sleep(pause)) if pause > 0 else None)
+    finally:
+        if hasattr(encoder, "close"):  # the actor pool: its processes (and GPUs) are freed at once
+            encoder.close()
     c = report.counts
     rejected = sum(c["image_rejected"].values())
     metrics = {"items": report.items, "embedded": report.embedded, "reused": report.reused,
@@ -76,7 +86,7 @@ def run(p: EmbedParams, root: Path = Path(".")) -> dict:
 def main(params: Params | None = None) -> None:
     """`python -m stages.embed [params.yaml]`, or `molar` with params it has already validated."""
     params = params or params_from_argv()
-    run(params.embed)
+    run(params.embed, runtime=params.runtime)
 
 
 if __name__ == "__main__":

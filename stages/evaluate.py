@@ -14,11 +14,12 @@ from molar_core.io import atomic_path, runtime_info, write_json_atomic, write_pa
 from molar_core.metrics import bootstrap_ci, mean_metrics, paired_bootstrap, per_user_metrics
 from molar_core.popularity import NAME as POPULARITY
 from molar_core.popularity import item_counts, popularity_vectors
-from molar_core.ranking import target_ranks, user_chunk
+from molar_core.ranking import sharded_target_ranks, user_chunk
 from molar_core.vectors import load_user_vectors
 from pipeline import paths
 from pipeline.params import EvaluateParams, Params, ProtocolParams
-from stages.common import open_trained, params_from_argv, read_prepared, read_stats, run_main, summary
+from pipeline.readers import open_trained, read_prepared, read_stats
+from stages.common import params_from_argv, run_main, summary
 
 HISTORY_BUCKETS = [0, 10, 20, 50, 100, 200, 10**9]
 POPULARITY_BUCKETS = [0, 1, 10, 50, 100, 200, 10**9]  # training interactions of the test item
@@ -42,13 +43,14 @@ RANKING = "exact inner product over all unmasked items (torch), ties ranked pess
 
 
 def evaluate_model(users: torch.Tensor, items: torch.Tensor, table: pl.DataFrame, protocol: ProtocolParams,
-                   batch_size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                   batch_size: int, workers: int = 1) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Ranks and per-user metrics of one model on one split from its user vectors (one row per row of `table`)
     and item vectors, both in scoring form (their inner product is the model's score): the ranking validation
     did during training."""
     histories = table["history"].to_list() if protocol.masking == "history" else None
     chunk = min(batch_size, user_chunk(items.shape[0], None))
-    ranks = target_ranks(users, items, histories, torch.tensor(table["target"].to_list()), chunk).numpy()
+    ranks = sharded_target_ranks(users, items, histories, torch.tensor(table["target"].to_list()), chunk,
+                                 workers).numpy()
     return ranks, per_user_metrics(ranks, protocol.ks)
 
 
@@ -107,7 +109,7 @@ def run(p: EvaluateParams, protocol: ProtocolParams, root: Path = Path(".")) -> 
             users, items = vectors[split]
             if split == "valid":  # as validation in training: cold items are not known before the test
                 items = items[:stats.get("warm_items", stats["items"])]
-            ranks, per = evaluate_model(users, items, table, protocol, p.batch_size)
+            ranks, per = evaluate_model(users, items, table, protocol, p.batch_size, p.workers)
             metrics[model][split] = mean_metrics(per)
             if split == "test":
                 per_test[model] = per

@@ -22,12 +22,11 @@ from molar_core.io import atomic_dir, runtime_info, write_bytes_atomic, write_js
 from molar_core.training import FitConfig, seed_everything
 from pipeline import paths
 from pipeline.params import EmbedParams, FinetuneEncoderParams, Params
+from pipeline.readers import read_prepared, read_stats
 from stages.common import (
     data_fingerprint,
     epoch_progress,
     params_from_argv,
-    read_prepared,
-    read_stats,
     run_main,
     summary,
     training_resume,

@@ -8,7 +8,8 @@ from molar_core.index import build_index, save_index
 from molar_core.io import runtime_info, sha256_file, write_json_atomic
 from pipeline import paths
 from pipeline.params import IndexParams, Params
-from stages.common import open_trained, params_from_argv, read_stats, run_main, summary
+from pipeline.readers import open_trained, read_stats
+from stages.common import params_from_argv, run_main, summary
 
 
 def run(p: IndexParams, root: Path = Path(".")) -> dict:

@@ -12,26 +12,23 @@ from pathlib import Path
 
 import torch
 
-from molar_core.checkpoint import CHECKPOINT_FORMAT
+from molar_core.checkpoint import CHECKPOINT_FORMAT, write_checkpoint
 from molar_core.errors import ArtifactError
-from molar_core.io import atomic_dir, runtime_info, sha256_file, write_json_atomic
-from molar_core.models.content import ContentConfig, ContentUserModel
-from molar_core.models.molar import Molar, MolarLossConfig
+from molar_core.io import runtime_info, sha256_file, write_json_atomic
+from molar_core.models.build import build_molar
+from molar_core.models.molar import Molar
 from molar_core.models.sasrec import load_sasrec, sasrec_weights_path
 from molar_core.store import load_item_embeddings
 from molar_core.training import encode_users, fit, pick_device, ranking_metrics, seed_everything
-from molar_core.vectors import USER_VECTORS_DOC, save_item_vectors, save_tensors, save_user_vectors
+from molar_core.vectors import USER_VECTORS_DOC
 from pipeline import paths
+from pipeline.configs import content_config, fit_config, molar_loss_config
 from pipeline.params import Params, ProtocolParams, TrainParams
+from pipeline.readers import full_sequences, open_trained, read_prepared, read_stats
 from stages.common import (
     data_fingerprint,
     epoch_progress,
-    fit_config,
-    full_sequences,
-    open_trained,
     params_from_argv,
-    read_prepared,
-    read_stats,
     refit,
     run_main,
     summary,
@@ -54,28 +51,14 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
         torch.set_num_threads(p.threads)
     gen = seed_everything(p.seed)
     device = pick_device(p.device)
-    dim, llm_dir = p.dim, None
-    if p.user_encoder == "llm":  # the user transformer is a pretrained LLM's: its width decides dim
-        from transformers import AutoConfig
-
-        from molar_core.encoders.base import locate_model
-
-        llm_dir = str(locate_model(p.llm_model, None, "train.llm_model"))
-        dim = int(AutoConfig.from_pretrained(llm_dir, trust_remote_code=False).hidden_size)
-    ccfg = ContentConfig(num_items=stats["items"], input_dim=feats.shape[1], max_len=p.max_len, dim=dim,
-                         layers=p.layers, heads=p.heads, dropout=p.dropout, adapter_hidden=p.adapter_hidden,
-                         hybrid=p.hybrid, norm=p.norm, user_encoder=p.user_encoder, llm_model=llm_dir, llm_layers=p.llm_layers,
-                         train_items=train_items(stats))
-    lcfg = MolarLossConfig(rec_loss=p.rec_loss, num_negatives=p.num_negatives, temperature=p.temperature,
-                           align_alpha=p.align_alpha, align_tau=p.align_tau, align_positions=p.align_positions,
-                           align_head=p.align_head, align_items=p.align_items, joint=p.joint,
-                           align_same_user_negatives=p.align_same_user_negatives)
+    ccfg = content_config(p, stats["items"], feats.shape[1], train_items(stats))  # llm: dim is the LLM's width
+    lcfg = molar_loss_config(p)
     id_dir = None
     if p.align_alpha > 0 or p.joint:  # aligned to a SASRec trained on this very data
         id_dir = open_trained(root, "sasrec", stats).path
     # the run that validates aligns to the early-stopped SASRec (a refit one has trained on the validation items)
     id_model = load_sasrec(id_dir, weights="early_stopped") if id_dir is not None else None
-    model = Molar(ContentUserModel(ccfg, feats), lcfg, id_model).to(device)
+    model = build_molar(ccfg, feats, lcfg, id_model, device)
     seqs = training_sequences(train["items"].to_list(), p)
     vh, vt = valid["history"].to_list(), valid["target"].to_list()
     mask = protocol.masking == "history"
@@ -105,7 +88,7 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
             # it is the refit one, as this run trains on the validation items too), loaded before the content
             # model as above so that both runs draw the same initial weights
             sasrec = load_sasrec(id_dir) if id_dir is not None else None
-            fresh = Molar(ContentUserModel(ccfg, feats), lcfg, sasrec).to(device)
+            fresh = build_molar(ccfg, feats, lcfg, sasrec, device)
             return fresh, lambda b: fresh.loss(b, g)
 
         model, refit_info, refit_resume = refit(build, test, p, result.best_epoch, root, name, f"train@{name}",
@@ -131,11 +114,7 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
               "refit": refit_info, "runtime": runtime_info(p.seed),
               "files": {"model.safetensors": "state dict (with the ID model's id_model.* when joint, else without)",
                         "item_vectors.safetensors": "items 1..N scoring vectors", "user_vectors.safetensors": USER_VECTORS_DOC}}
-    with atomic_dir(root / paths.model_dir(name)) as out:
-        save_tensors(out / "model.safetensors", state, meta)
-        save_item_vectors(out / "item_vectors.safetensors", item_vecs, meta)
-        save_user_vectors(out / "user_vectors.safetensors", user_ids, splits, meta)
-        write_json_atomic(out / "config.json", config)
+    write_checkpoint(root / paths.model_dir(name), config, state, item_vecs, user_ids, splits, meta)
     resume.clear()
     if refit_resume is not None:
         refit_resume.clear()

@@ -7,27 +7,26 @@ from pathlib import Path
 
 import torch
 
-from molar_core.checkpoint import CHECKPOINT_FORMAT
-from molar_core.io import atomic_dir, runtime_info, write_json_atomic
+from molar_core.checkpoint import CHECKPOINT_FORMAT, write_checkpoint
+from molar_core.io import runtime_info, write_json_atomic
+from molar_core.models.build import build_sasrec
 from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
 from molar_core.training import encode_users, fit, pick_device, ranking_metrics, seed_everything
-from molar_core.vectors import USER_VECTORS_DOC, save_item_vectors, save_tensors, save_user_vectors
+from molar_core.vectors import USER_VECTORS_DOC
 from pipeline import paths
+from pipeline.configs import fit_config, sasrec_config
 from pipeline.params import Params, ProtocolParams, TrainIdParams
+from pipeline.readers import full_sequences, read_prepared, read_stats
 from stages.common import (
     data_fingerprint,
     epoch_progress,
-    fit_config,
-    full_sequences,
     params_from_argv,
-    read_prepared,
-    read_stats,
     refit,
     run_main,
     summary,
+    train_items,
     training_resume,
     training_sequences,
-    train_items,
     training_summary,
     write_curve,
 )
@@ -43,7 +42,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     gen = seed_everything(p.seed)
     device = pick_device(p.device)
     cfg = sasrec_config(p, stats["items"], train_items(stats))
-    model = new_sasrec(cfg, p, device)
+    model = build_sasrec(cfg, p.sparse_item_updates, device)
     seqs = training_sequences(train["items"].to_list(), p)
     vh, vt = valid["history"].to_list(), valid["target"].to_list()
     mask = protocol.masking == "history"
@@ -65,7 +64,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     early_stopped = model  # refit trains a new model: this one stays as it is
     if p.refit:
         def build(g: torch.Generator) -> tuple[SASRec, Callable]:
-            fresh = new_sasrec(cfg, p, device)
+            fresh = build_sasrec(cfg, p.sparse_item_updates, device)
             return fresh, lambda b: sasrec_loss(fresh, b, p.loss, p.num_negatives, g)
 
         model, refit_info, refit_resume = refit(build, test, p, result.best_epoch, root, MODEL, "train_id", *settings)
@@ -87,13 +86,9 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
         config["files"]["model.safetensors"] = "state dict of the refit model (trained on the validation items too)"
         config["files"]["early_stopped.safetensors"] = ("state dict of the early-stopped model before the refit: "
                                                         "what a model that validates aligns to")
-    with atomic_dir(root / paths.model_dir(MODEL)) as out:
-        save_tensors(out / "model.safetensors", dict(model.state_dict()), meta)
-        if p.refit:
-            save_tensors(out / "early_stopped.safetensors", dict(early_stopped.state_dict()), meta)
-        save_item_vectors(out / "item_vectors.safetensors", model.item_vectors().detach().cpu(), meta)
-        save_user_vectors(out / "user_vectors.safetensors", user_ids, splits, meta)
-        write_json_atomic(out / "config.json", config)
+    write_checkpoint(root / paths.model_dir(MODEL), config, dict(model.state_dict()),
+                     model.item_vectors().detach().cpu(), user_ids, splits, meta,
+                     {"early_stopped.safetensors": dict(early_stopped.state_dict())} if p.refit else None)
     resume.clear()
     if refit_resume is not None:
         refit_resume.clear()
@@ -104,19 +99,9 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     return config
 
 
-def sasrec_config(p: TrainIdParams, num_items: int, train_items: int | None = None) -> SASRecConfig:
-    """The architecture `train_id`'s params describe, for a catalogue of `num_items` (of which 1..`train_items`
-    are known while training, when prepare held out cold items)."""
-    return SASRecConfig(num_items=num_items, max_len=p.max_len, dim=p.dim, layers=p.layers, heads=p.heads,
-                        dropout=p.dropout, norm=p.norm, train_items=train_items)
-
-
 def new_sasrec(cfg: SASRecConfig, p: TrainIdParams, device: torch.device) -> SASRec:
-    """A freshly initialised SASRec to train (from the current torch seed); with `sparse_item_updates` its item
-    table's gradient holds only the rows a step reads (molar_core.optim)."""
-    model = SASRec(cfg).to(device)
-    model.item_emb.sparse = p.sparse_item_updates
-    return model
+    """The model `run` trains (molar_core.models.build.build_sasrec with this section's sparse_item_updates)."""
+    return build_sasrec(cfg, p.sparse_item_updates, device)
 
 
 def main(params: Params | None = None) -> None:

@@ -38,7 +38,18 @@ def test_schema_params_yaml_and_dataclass_defaults_agree(section, schema, config
 
 
 def test_the_default_pipelines_models_are_the_librarys_defaults():
-    """What stages.train_id builds from the schema's defaults is SASRecConfig(num_items=N)."""
-    from stages.train_id import sasrec_config
+    """What the training stages build from the schema's defaults is the library's default model: SASRecConfig
+    (num_items=N), ContentConfig(num_items=N, input_dim=D) and MolarLossConfig()."""
+    from pipeline.configs import content_config, molar_loss_config, sasrec_config
 
     assert sasrec_config(TrainIdParams(), 7) == SASRecConfig(num_items=7)
+    assert content_config(TrainParams(), 7, 5) == ContentConfig(num_items=7, input_dim=5)
+    assert molar_loss_config(TrainParams()) == MolarLossConfig()
+
+
+def test_the_training_catalogue_reaches_the_model_configs():
+    """prepare's warm catalogue (train_items) flows into both models' configs: the ids they score in training."""
+    from pipeline.configs import content_config, sasrec_config
+
+    assert sasrec_config(TrainIdParams(), 7, 5).catalogue == 5
+    assert content_config(TrainParams(), 7, 3, 5).catalogue == 5

@@ -20,8 +20,9 @@ from molar_core.encoders import build_encoder
 from molar_core.errors import ArtifactError, MolarError
 from molar_core.store import load_item_embeddings, read_manifest
 from pipeline import paths
+from pipeline.configs import encoder_config
 from pipeline.params import EmbedParams
-from stages.embed import PAUSE_ENV, encoder_config, run
+from stages.embed import PAUSE_ENV, run
 
 REPO = Path(__file__).resolve().parents[1]
 POSTERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k" / "posters"

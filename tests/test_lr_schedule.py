@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from molar_core.training import fit
+from pipeline.configs import fit_config
 from pipeline.params import ParamsError, parse_params
-from stages.common import fit_config
 
 LR, BATCH, WINDOWS = 0.01, 2, 10  # 5 steps an epoch
 

@@ -11,8 +11,8 @@ import torch
 from molar_core.checkpoint import open_checkpoint
 from molar_core.training import ranking_metrics
 from molar_core.vectors import load_tensors
+from pipeline.readers import read_prepared
 from stages import train
-from stages.common import read_prepared
 from tests.conftest import small_params
 
 

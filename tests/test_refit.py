@@ -14,8 +14,9 @@ from molar_core.data.sequences import training_windows
 from molar_core.models.sasrec import SASRec, SASRecConfig, load_sasrec, sasrec_loss
 from molar_core.training import FitConfig, fit, seed_everything
 from molar_core.vectors import load_tensors
+from pipeline.readers import read_prepared, read_stats
 from stages import evaluate, index, train, train_id
-from stages.common import read_prepared, read_stats, training_sequences
+from stages.common import training_sequences
 from tests.conftest import small_params
 from tests.test_sasrec import _cyclic_data
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from molar_core.training import FitConfig, epochs_since_best, fit
+from pipeline.configs import fit_config
 from pipeline.params import TrainIdParams
-from stages.common import fit_config
 
 
 def _plain_rule(values: list[float]) -> int:

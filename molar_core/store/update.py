@@ -7,7 +7,7 @@ the catalogue grows. Items with identical content (same hash) are encoded once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,16 +77,22 @@ def update_embeddings(store: str | Path, items: pl.DataFrame | pl.LazyFrame, enc
                 .unique("content_hash", keep="first", maintain_order=True)["row"].to_numpy())
         kept_before = len(cache.manifest.shards)
         start = time.perf_counter()
-        pending = pl.DataFrame(schema={"text": pl.String, "image_path": pl.String, "content_hash": pl.String})
-        for lo in range(0, len(keys), slice_rows):
-            want = rows[np.searchsorted(rows, lo):np.searchsorted(rows, lo + slice_rows)] - lo  # rows ascend
-            if len(want):
-                part = lazy.slice(lo, slice_rows).select(pending.columns).collect()
-                pending = pl.concat([pending, part[want]], how="vertical_relaxed")
-            last = lo + slice_rows >= len(keys)
-            while len(pending) >= window or (last and len(pending)):
-                _encode_into(cache, encoder, pending[:window])
-                pending = pending[window:]
+
+        def windows() -> Iterator[pl.DataFrame]:
+            """The rows to encode, `window` at a time in table order (texts read a slice at a time)."""
+            pending = pl.DataFrame(schema={"text": pl.String, "image_path": pl.String, "content_hash": pl.String})
+            for lo in range(0, len(keys), slice_rows):
+                want = rows[np.searchsorted(rows, lo):np.searchsorted(rows, lo + slice_rows)] - lo  # rows ascend
+                if len(want):
+                    part = lazy.slice(lo, slice_rows).select(pending.columns).collect()
+                    pending = pl.concat([pending, part[want]], how="vertical_relaxed")
+                last = lo + slice_rows >= len(keys)
+                while len(pending) >= window or (last and len(pending)):
+                    yield pending[:window]
+                    pending = pending[window:]
+
+        for batch, vectors, image_used in encode_stream(encoder, windows()):  # in window order, whoever encodes
+            cache.add(vectors, batch["content_hash"].to_list(), image_used)
         cache.flush()
         seconds = time.perf_counter() - start
         pruned: list[str] = []
@@ -102,6 +108,14 @@ def update_embeddings(store: str | Path, items: pl.DataFrame | pl.LazyFrame, enc
             settings_hash=cache.hash, seconds=seconds, counts=encoder.counts.as_dict())
 
 
-def _encode_into(cache: EmbeddingCache, encoder: ItemEncoder, batch: pl.DataFrame) -> None:
-    vec = encoder.encode(batch["text"].to_list(), batch["image_path"].to_list())
-    cache.add(vec, batch["content_hash"].to_list(), torch.tensor(encoder.last_image_used, dtype=torch.uint8).reshape(-1))
+def encode_stream(encoder: ItemEncoder, windows: Iterable[pl.DataFrame]
+                  ) -> Iterator[tuple[pl.DataFrame, torch.Tensor, torch.Tensor]]:
+    """(window, its vectors, its image-used flags) for each window, in order. An encoder with its own
+    `encode_stream` (the Ray actor pool, molar_core.distributed.ray_embed) encodes several windows at once;
+    any other encodes them one after the other in this process."""
+    if hasattr(encoder, "encode_stream"):
+        yield from encoder.encode_stream(windows)
+        return
+    for batch in windows:
+        vec = encoder.encode(batch["text"].to_list(), batch["image_path"].to_list())
+        yield batch, vec, torch.tensor(encoder.last_image_used, dtype=torch.uint8).reshape(-1)

@@ -1,0 +1,131 @@
+"""Scaling efficiency of the stages that run on several workers: E = T1 / (W x TW), where T1 is one worker with
+one CPU and TW is W workers with one CPU each, measured in this script on the same inputs.
+
+    python bench/scaling.py --workers 1 2 [--items 4000] [--users 20000] [--catalogue 20000] [--json OUT]
+
+- embed: `update_embeddings` with MiniLM on `--items` synthetic item texts, into a fresh cache each time; W = 1
+  is the local engine with one torch thread, W > 1 the Ray actor pool (`embed.engine: ray`) with W actors of one
+  CPU and one thread. Encoding time only (models loaded before the clock starts, in every actor).
+- evaluate: `sharded_target_ranks` of `--users` random users against `--catalogue` items (dimension 64, random
+  histories of 20 items masked), W processes of one thread each (W = 1: this process, one thread).
+Each result also checks the outputs equal W = 1's (cache bytes, ranks): a faster wrong answer is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import checkout, describe  # noqa: E402
+from molar_core.data.processing import content_hash  # noqa: E402
+from molar_core.io import write_json_atomic  # noqa: E402
+
+WORDS = ("space western comedy drama noir heist romance war musical documentary horror thriller animated sequel "
+         "classic silent remake festival indie epic").split()
+
+
+def item_table(n: int) -> pl.DataFrame:
+    g = torch.Generator().manual_seed(0)
+    texts = [f"Title: Film {i}. Genres: " + ", ".join(WORDS[j] for j in torch.randint(0, len(WORDS), (12,),
+                                                                                       generator=g).tolist())
+             for i in range(n)]
+    return pl.DataFrame({"item_id": pl.Series(range(1, n + 1), dtype=pl.Int32), "text": texts,
+                         "image_path": pl.Series([None] * n, dtype=pl.String),
+                         "content_hash": [content_hash(t, None) for t in texts]})
+
+
+def cache_bytes(store: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(store.glob("shard-*"))}
+
+
+def bench_embed(workers: list[int], n: int) -> list[dict]:
+    from molar_core.distributed.ray_cluster import RayConnection, connect
+    from molar_core.distributed.ray_embed import ActorPoolConfig, RayPoolEncoder
+    from molar_core.encoders import EncoderConfig, build_encoder
+    from molar_core.store import update_embeddings
+
+    items = item_table(n)
+    cfg = EncoderConfig(threads=1, batch_size=32)
+    rows, reference = [], None
+    for w in workers:
+        torch.set_num_threads(1)
+        if w == 1:
+            encoder = build_encoder(cfg)
+        else:
+            connect(RayConnection(num_cpus=max(workers)))
+            encoder = RayPoolEncoder(cfg, ActorPoolConfig(actors=w, cpus_per_actor=1))
+        store = Path(tempfile.mkdtemp()) / "embeddings"
+        try:
+            t0 = time.perf_counter()
+            update_embeddings(store, items, encoder, shard_size=1024)
+            seconds = time.perf_counter() - t0
+            got = cache_bytes(store)
+        finally:
+            if hasattr(encoder, "close"):
+                encoder.close()
+            shutil.rmtree(store.parent)
+        reference = reference or got
+        rows.append({"stage": "embed", "workers": w, "seconds": seconds, "items_per_s": n / seconds,
+                     "same_output": got == reference})
+    return rows
+
+
+def bench_evaluate(workers: list[int], users: int, catalogue: int) -> list[dict]:
+    from molar_core.ranking import sharded_target_ranks
+
+    g = torch.Generator().manual_seed(0)
+    u, items = torch.randn(users, 64, generator=g), torch.randn(catalogue, 64, generator=g)
+    histories = torch.randint(1, catalogue + 1, (users, 20), generator=g).tolist()
+    targets = torch.randint(1, catalogue + 1, (users,), generator=g)
+    rows, reference = [], None
+    for w in workers:
+        torch.set_num_threads(1)
+        t0 = time.perf_counter()
+        ranks = sharded_target_ranks(u, items, histories, targets, chunk=1024, workers=w)
+        seconds = time.perf_counter() - t0
+        reference = ranks if reference is None else reference
+        rows.append({"stage": "evaluate", "workers": w, "seconds": seconds, "users_per_s": users / seconds,
+                     "same_output": bool(torch.equal(ranks, reference))})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--items", type=int, default=4000)
+    ap.add_argument("--users", type=int, default=20000)
+    ap.add_argument("--catalogue", type=int, default=20000)
+    ap.add_argument("--stages", nargs="+", default=["embed", "evaluate"], choices=["embed", "evaluate"])
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    workers = sorted(set([1, *args.workers]))
+    rows = []
+    if "embed" in args.stages:
+        rows += bench_embed(workers, args.items)
+    if "evaluate" in args.stages:
+        rows += bench_evaluate(workers, args.users, args.catalogue)
+    print("| stage | workers (1 CPU each) | seconds | speed-up vs 1 | efficiency E = T1 / (W x TW) | same output |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        t1 = next(x["seconds"] for x in rows if x["stage"] == r["stage"] and x["workers"] == 1)
+        r["efficiency"] = t1 / (r["workers"] * r["seconds"])
+        print(f"| {r['stage']} | {r['workers']} | {r['seconds']:.2f} | {t1 / r['seconds']:.2f}x | "
+              f"{r['efficiency']:.2f} | {'yes' if r['same_output'] else 'NO'} |")
+    if args.json:
+        write_json_atomic(args.json, {"rows": rows, "args": {k: v if not isinstance(v, Path) else str(v)
+                                                               for k, v in vars(args).items()},
+                                      "machine": describe(), **checkout()})
+
+
+if __name__ == "__main__":
+    main()
