@@ -1,9 +1,9 @@
 """Cold-start table: test NDCG@10 and Recall@10 on warm and on cold targets of popularity, SASRec, the content
 model, Molar and the hybrid model, over seeds, on ML-100K and Amazon-Scientific.
 
-    python bench/cold_start.py --dataset ml-100k --out /tmp/cold-ml100k --seeds 0 1 2 --jobs 2
-    python bench/cold_start.py --dataset amazon-scientific --out /tmp/cold-amazon --seeds 0 1 2 --jobs 2
-    python bench/cold_start.py --report /tmp/cold-ml100k /tmp/cold-amazon --json cold_start.json
+    python -m bench.cold_start --dataset ml-100k --out /tmp/cold-ml100k --seeds 0 1 2 --jobs 2
+    python -m bench.cold_start --dataset amazon-scientific --out /tmp/cold-amazon --seeds 0 1 2 --jobs 2
+    python -m bench.cold_start --report /tmp/cold-ml100k /tmp/cold-amazon --json cold_start.json
 
 Run from the repository root (the datasets are read from ../shared/datasets). Each dataset is prepared once with
 `prepare.cold_items` (a random 20% of the items by default, the same held-out items for every seed, so the
@@ -17,24 +17,20 @@ cold targets, a paired bootstrap over users with the seeds pooled (what alignmen
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import sweep
+from bench.common import PARAMS, ROOT, add_json_option, diff_cell, markdown_header, relative_cell, write_result
+from molar_core.io import read_json, write_json_atomic
+from molar_core.metrics import t_interval
+from pipeline.params import EvaluateParams, load_params
 
-from bench import sweep  # noqa: E402
-from bench.machine import checkout, describe  # noqa: E402
-from molar_core.io import read_json, write_json_atomic  # noqa: E402
-from molar_core.metrics import t_interval  # noqa: E402
-from pipeline.params import EvaluateParams, load_params  # noqa: E402
-
-DATASETS = {  # name -> (params file, its overrides), relative to the repository root
-    "ml-100k": ("params.yaml", ["prepare.source=recbole_atomic", "prepare.path=../shared/datasets/ml-100k"]),
-    "amazon-scientific": ("bench/amazon_scientific.yaml", ["train.norm=post"]),  # the default norm
+DATASETS = {  # name -> (override file merged onto params.yaml or None, more overrides); paths from the repo root
+    "ml-100k": (None, ["prepare.source=recbole_atomic", "prepare.path=../shared/datasets/ml-100k"]),
+    "amazon-scientific": ("bench/configs/amazon_scientific.yaml", ["train.norm=post"]),  # the default norm
 }
 VARIANTS = ["content", "molar", "hybrid"]
 MODELS = ["popularity", "sasrec", *VARIANTS]
@@ -54,8 +50,9 @@ def evaluate_seed(ws: Path) -> dict:
 
 
 def run(dataset: str, args) -> None:
-    params, sets = DATASETS[dataset]
-    ns = argparse.Namespace(out=args.out, params=ROOT / params, seeds=args.seeds, variants=VARIANTS,
+    config, sets = DATASETS[dataset]
+    ns = argparse.Namespace(out=args.out, params=PARAMS, config=config and ROOT / config, seeds=args.seeds,
+                            variants=VARIANTS,
                             first_seed_variants=[], jobs=args.jobs, workspace=None,
                             set=[*sets, f"prepare.cold_items.fraction={args.fraction}",
                                  f"prepare.cold_items.by={args.by}", *args.set])
@@ -63,7 +60,8 @@ def run(dataset: str, args) -> None:
     sweep.run(ns)
     for s in args.seeds:
         evaluate_seed(args.out / f"seed{s}")
-    write_json_atomic(args.out / "dataset.json", {"dataset": dataset, "params": params, "set": ns.set})
+    write_json_atomic(args.out / "dataset.json", {"dataset": dataset, "params": "params.yaml", "config": config,
+                                                  "set": ns.set})
 
 
 def per_user(ws: Path, model: str, metric: str, cold: bool) -> np.ndarray:
@@ -106,20 +104,18 @@ def report(folders: list[Path], json_out: Path | None) -> list[dict]:
         name = r["dataset"]["dataset"] if isinstance(r["dataset"], dict) else r["dataset"]
         print(f"\n{name}: {c['items']:,} cold items ({c['by']}, fraction {c['fraction']}), test users "
               f"{c['test_users']['warm']:,} warm / {c['test_users']['cold']:,} cold; seeds {r['seeds']}\n")
-        print("| model | warm NDCG@10 | cold NDCG@10 | all NDCG@10 | warm Recall@10 | cold Recall@10 |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print(markdown_header(["model", "warm NDCG@10", "cold NDCG@10", "all NDCG@10", "warm Recall@10",
+                               "cold Recall@10"]))
         for model, cells in r["models"].items():
             print(f"| {model} | " + " | ".join(cells[k]["t95"] for k in (
                 "test_warm/ndcg@10", "test_cold/ndcg@10", "test/ndcg@10", "test_warm/recall@10",
                 "test_cold/recall@10")) + " |")
-        print("\n| cold targets, A − B | NDCG@10, paired bootstrap over users (seeds pooled) | relative to B |")
-        print("| --- | --- | --- |")
+        print("\n" + markdown_header(["cold targets, A − B", "NDCG@10, paired bootstrap over users (seeds pooled)",
+                                      "relative to B"]))
         for p in r["pairs"]:
-            rel = (f"{p['relative']:+.1%} [{p['relative_low']:+.1%}, {p['relative_high']:+.1%}]"
-                   if p["relative"] is not None else "")
-            print(f"| {p['a']} − {p['b']} | {p['diff']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}] | {rel} |")
+            print(f"| {p['a']} − {p['b']} | {diff_cell(p)} | {relative_cell(p)} |")
     if json_out is not None:
-        write_json_atomic(json_out, {"results": results, "machine": describe(), **checkout()})
+        write_result(json_out, {"results": results})
     return results
 
 
@@ -133,7 +129,7 @@ def main() -> None:
     ap.add_argument("--by", choices=["random", "time"], default="random", help="prepare.cold_items.by")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="more params overrides")
     ap.add_argument("--report", type=Path, nargs="+", help="only print the tables of these bench folders")
-    ap.add_argument("--json", type=Path, help="with --report: also write the numbers here")
+    add_json_option(ap, "the numbers (default after a run: OUT/cold_start.json)")
     args = ap.parse_args()
     if args.report:
         report(args.report, args.json)
@@ -141,7 +137,7 @@ def main() -> None:
     if not (args.dataset and args.out):
         ap.error("--dataset and --out are needed to run")
     run(args.dataset, args)
-    report([args.out], args.out / "cold_start.json")
+    report([args.out], args.json or args.out / "cold_start.json")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ the achieved GFLOP/s and its fraction of a large fp32 / bf16 torch matmul measur
 Also the whole `embed` stage as DVC runs it (`python -m stages.embed`, a fresh process and an empty cache) with
 the default params: it must finish ML-100K in under 2 minutes on the 2-core CPU.
 
-    python bench/embed.py [--data ../shared/datasets/ml-100k] [--mllm-sample 256] [--skip-stage]
-    .venv-vllm/bin/python bench/embed.py --skip-stage [--mllm-model DIR]   # adds vLLM against transformers
+    python -m bench.embed [--data ../shared/datasets/ml-100k] [--mllm-sample 256] [--skip-stage] [--json PATH]
+    .venv-vllm/bin/python -m bench.embed --skip-stage [--mllm-model DIR]   # adds vLLM against transformers
 """
 
 from __future__ import annotations
@@ -19,19 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import polars as pl
+import torch
+import yaml
 
-import polars as pl  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from bench.machine import matmul_peak  # noqa: E402
-from molar_core.encoders import EncoderConfig, build_encoder  # noqa: E402
-from molar_core.encoders.backends import vllm_unavailable_reason  # noqa: E402
-from pipeline import paths  # noqa: E402
-from pipeline.params import ImageParams, PrepareParams  # noqa: E402
-from stages import prepare  # noqa: E402
+from bench.common import ROOT, add_json_option, markdown_table, write_result
+from bench.machine import matmul_peak
+from molar_core.encoders import EncoderConfig, build_encoder
+from molar_core.encoders.backends import vllm_unavailable_reason
+from pipeline import paths
+from pipeline.params import ImageParams, PrepareParams
+from stages import prepare
 
 # Qwen2-VL-2B-Instruct's published config, for a projection only (no such weights exist offline here)
 QWEN2VL_2B = {"hidden": 1536, "layers": 28, "inter": 8960, "heads": 12, "kv_heads": 2,
@@ -84,10 +82,10 @@ def stage_run(data_root: Path, threads: int) -> float:
         root = Path(d)
         (root / paths.PREPARED).mkdir(parents=True)
         (root / paths.ITEMS).write_bytes((data_root / paths.ITEMS).read_bytes())
-        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
         params["embed"]["threads"] = threads
         (root / "params.yaml").write_text(yaml.safe_dump(params))
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         t = time.perf_counter()
         res = subprocess.run([sys.executable, "-m", "stages.embed", "params.yaml"], cwd=root, env=env,
                              capture_output=True, text=True, check=False)
@@ -100,11 +98,12 @@ def stage_run(data_root: Path, threads: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "ml-100k")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "ml-100k")
     ap.add_argument("--mllm-sample", type=int, default=256)
     ap.add_argument("--skip-stage", action="store_true")
     ap.add_argument("--mllm-model", default=None, help="model for vLLM vs transformers (default: a tiny Qwen2-VL)")
+    add_json_option(ap, "the table (its cells), the matmul peaks and the stage's wall times")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="molar-bench-data-"))
@@ -197,16 +196,17 @@ def main() -> None:
     head = ["encoder", "backend", "threads", "items", "tokens/item", "GFLOP/item", "items/s", "GFLOP/s",
             "of machine peak"]
     print()
-    print("| " + " | ".join(head) + " |")
-    print("|" + "|".join(" --- " for _ in head) + "|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    print(markdown_table(head, rows))
 
     if not args.skip_stage:
         print("\nwhole stage, default params (sentence encoder), fresh process, empty cache, all items:")
-        walls = {t: stage_run(work, t) for t in (0, 1)}
-        verdict = "OK" if min(walls.values()) < 120 else "TOO SLOW"
+        stage_walls = {t: stage_run(work, t) for t in (0, 1)}
+        verdict = "OK" if min(stage_walls.values()) < 120 else "TOO SLOW"
         print(f"  limit 120 s: {verdict} (threads 0 = torch default {os.cpu_count()}, 1 = one thread)")
+    if args.json is not None:
+        write_result(args.json, {"items": len(texts), "matmul_peak_gflops": peaks, "header": head,
+                                 "rows": [dict(zip(head, r)) for r in rows],
+                                 "stage_wall_s": None if args.skip_stage else stage_walls})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """How much picking the epoch on the test set inflates SASRec's test NDCG@10: a diagnostic, not a result.
 
-    python bench/epoch_curve.py --workspace W [--set train_id.dropout=0.5 ...] [--seeds 0 1 2] [--epochs 60]
-                                [--refit-from SWEEP]
+    python -m bench.epoch_curve --workspace W [--set train_id.dropout=0.5 ...] [--seeds 0 1 2] [--epochs 60]
+                                [--refit-from SWEEP] [--config bench/configs/X.yaml] [--json PATH]
 
 W is a prepared workspace (`dvc repro prepare`). For each seed, SASRec is trained as `train_id`'s refit trains it
 (`refit: true`: the same seed, every user's training items plus the validation item, constant learning rate), and
@@ -24,15 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from molar_core.io import read_json  # noqa: E402
-from molar_core.models.sasrec import sasrec_loss  # noqa: E402
-from molar_core.training import encode_users, fit, ranking_metrics, seed_everything  # noqa: E402
-from pipeline.params import dotted_overrides, load_params  # noqa: E402
-from stages.common import fit_config, read_prepared, read_stats, training_sequences  # noqa: E402
-from stages.train_id import new_sasrec, sasrec_config  # noqa: E402
+from bench.common import add_json_option, add_params_options, bench_params, write_result
+from molar_core.io import read_json
+from molar_core.models.sasrec import sasrec_loss
+from molar_core.training import encode_users, fit, ranking_metrics, seed_everything
+from stages.common import fit_config, read_prepared, read_stats, training_sequences
+from stages.train_id import new_sasrec, sasrec_config
 
 
 def epoch_curve(ws: Path, params, seed: int, epochs: int) -> list[float]:
@@ -56,16 +53,17 @@ def epoch_curve(ws: Path, params, seed: int, epochs: int) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workspace", type=Path, required=True, help="holds data/prepared")
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    add_params_options(ap, sets=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--refit-from", type=Path, help="bench/sweep.py folder with refit: true and the same --set")
+    add_json_option(ap, "every seed's curve and the table's numbers")
     args = ap.parse_args()
-    params = load_params(args.params, overrides=dotted_overrides(args.set))
-    rows = []
+    params = bench_params(args.params, args.config, args.set)
+    rows, curves = [], {}
     for seed in args.seeds:
         curve = epoch_curve(args.workspace, params, seed, args.epochs)
+        curves[seed] = curve
         fair = ""
         if args.refit_from:
             run = args.refit_from / f"seed{seed}"
@@ -84,6 +82,12 @@ def main() -> None:
         print(f"| {seed} | {f'{fair[0]:.4f} (epoch {fair[1]})' if fair else ''} | {last:.4f} | {top:.4f} (epoch {at}) |")
     fair_mean = f"{np.mean([r[1][0] for r in rows]):.4f}" if args.refit_from else ""
     print(f"| mean | {fair_mean} | {np.mean([r[2] for r in rows]):.4f} | {np.mean([r[3] for r in rows]):.4f} |")
+    if args.json is not None:
+        write_result(args.json, {"workspace": str(args.workspace), "set": args.set, "epochs": args.epochs,
+                                 "seeds": [{"seed": seed, "curve": curves[seed],
+                                            "fair": {"ndcg@10": fair[0], "epoch": fair[1]} if fair else None,
+                                            "mean_last_10": last, "max": top, "max_epoch": at}
+                                           for seed, fair, last, top, at in rows]})
 
 
 if __name__ == "__main__":

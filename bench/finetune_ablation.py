@@ -1,8 +1,9 @@
 """What stage 1 and the images add: item encoders feeding the same content and Molar models, same SASRec.
 
-    python bench/finetune_ablation.py --params bench/ml100k_multimodal.yaml --data ../shared/datasets/ml-100k \
-        --posters ../shared/datasets/ml-100k/posters --seed 0 --out /tmp/ablation [--arms ...]
-    python bench/finetune_ablation.py --out /tmp/ablation --report      # tables of the finished arms, all seeds
+    python -m bench.finetune_ablation --config bench/configs/ml100k_multimodal.yaml \
+        --data ../shared/datasets/ml-100k --posters ../shared/datasets/ml-100k/posters --seed 0 --out /tmp/ablation \
+        [--arms ...]
+    python -m bench.finetune_ablation --out /tmp/ablation --report [--json ablation.json]  # finished arms' tables
 
 Arms (each in its own workspace OUT/seedS/ARM, sharing the prepared data and that seed's SASRec):
   sentence          the packaged MiniLM text encoder (today's default)
@@ -13,6 +14,8 @@ Arms (each in its own workspace OUT/seedS/ARM, sharing the prepared data and tha
 Arms can run in separate processes (pinned to a core each) and be reported together. The report gives each
 arm's test NDCG@10 for the content model and Molar (mean over seeds), and paired bootstrap intervals over users
 (seeds pooled) for: image vs text (with and without stage 1), stage 1 vs none, and each arm vs `sentence`.
+Params: --params (default the repository's params.yaml) with --config's override file merged on top; with
+neither given, params.yaml with bench/configs/ml100k_multimodal.yaml (one thread per stage).
 """
 
 from __future__ import annotations
@@ -20,18 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from molar_core.metrics import paired_bootstrap, t_interval  # noqa: E402
-from pipeline.params import load_params  # noqa: E402
-from stages import embed, evaluate, finetune_encoder, index, prepare, train, train_id  # noqa: E402
+from bench.common import CONFIGS, PARAMS, ROOT, add_json_option, add_params_options, bench_params, diff_cell, timed, \
+    write_result
+from molar_core.metrics import paired_bootstrap, t_interval
+from stages import embed, evaluate, finetune_encoder, index, prepare, train, train_id
 
 MLLM = {"encoder": "mllm", "model": "artifacts/encoder", "backend": "transformers"}
 ARMS = {
@@ -50,7 +50,7 @@ def run_arm(args, arm: str) -> None:
             "finetune_encoder": {**ft, "seed": args.seed}, "embed": emb,
             "train_id": {"seed": args.seed}, "train": {"seed": args.seed},
             "index": {"models": MODELS}, "evaluate": {"models": MODELS}}
-    p = load_params(args.params, overrides=over)
+    p = bench_params(args.params, args.config, extra=over)
     base = Path(args.out) / f"seed{args.seed}" / "_base"
     if not (base / "artifacts" / "sasrec" / "config.json").exists():  # the first arm of a seed: data and SASRec
         prepare.run(p.prepare, base)
@@ -66,9 +66,7 @@ def run_arm(args, arm: str) -> None:
                      ("molar", lambda: train.run("molar", p.train_variant("molar"), p.protocol, root)),
                      ("index", lambda: index.run(p.index, root)),
                      ("evaluate", lambda: evaluate.run(p.evaluate, p.protocol, root))):
-        t = time.perf_counter()
-        fn()
-        times[name] = round(time.perf_counter() - t, 1)
+        times[name] = round(timed(fn)[0], 1)
     (root / "metrics" / "ablation_times.json").write_text(json.dumps(times))
 
 
@@ -78,18 +76,24 @@ def _per_user(root: Path, model: str) -> np.ndarray:
     return pu.sort("user_id")["ndcg@10"].to_numpy()
 
 
-def report(out: Path) -> None:
+def report(out: Path, json_out: Path | None = None) -> None:
     seeds = sorted(d for d in out.glob("seed*") if d.is_dir())
     done = {arm: [s / arm for s in seeds if (s / arm / "metrics" / "metrics.json").exists()] for arm in ARMS}
     done = {arm: ws for arm, ws in done.items() if ws}
     print("| arm | seeds | content test NDCG@10 | Molar test NDCG@10 | SASRec (same seeds) | finetune s | embed s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
+    arms, comparisons = [], []
     for arm, ws in done.items():
         m = [json.loads((w / "metrics" / "metrics.json").read_text()) for w in ws]
         t = [json.loads((w / "metrics" / "ablation_times.json").read_text()) for w in ws]
         print(f"| {arm} | {len(ws)} | " + " | ".join(
             t_interval([x[k]["test"]["ndcg@10"] for x in m]) for k in ("content", "molar", "sasrec"))
             + f" | {np.mean([x['finetune_encoder'] for x in t]):.0f} | {np.mean([x['embed'] for x in t]):.0f} |")
+        arms.append({"arm": arm, "seeds": [w.parent.name for w in ws],
+                     **{f"{k}_test_ndcg@10": [x[k]["test"]["ndcg@10"] for x in m]
+                        for k in ("content", "molar", "sasrec")},
+                     "finetune_s": float(np.mean([x["finetune_encoder"] for x in t])),
+                     "embed_s": float(np.mean([x["embed"] for x in t]))})
     pairs = [("image_stage1", "text_stage1"), ("image_no_stage1", "text_no_stage1"),
              ("image_stage1", "image_no_stage1"), ("text_stage1", "text_no_stage1"),
              *((a, "sentence") for a in ARMS if a != "sentence")]
@@ -99,29 +103,37 @@ def report(out: Path) -> None:
         if a not in done or b not in done:
             continue
         common = [s for s in seeds if (s / a) in done[a] and (s / b) in done[b]]
-        cells = []
+        cells, pbs = [], {}
         for model in ("content", "molar"):
             pb = paired_bootstrap(np.concatenate([_per_user(s / a, model) for s in common]),
                                   np.concatenate([_per_user(s / b, model) for s in common]))
-            cells.append(f"{pb['diff']:+.4f} [{pb['ci_low']:+.4f}, {pb['ci_high']:+.4f}]")
+            cells.append(diff_cell(pb))
+            pbs[model] = pb
         print(f"| {a} − {b} ({len(common)} seeds) | " + " | ".join(cells) + " |")
+        comparisons.append({"a": a, "b": b, "seeds": [s.name for s in common], **pbs})
+    if json_out is not None:
+        write_result(json_out, {"folder": str(out), "metric": "test ndcg@10", "arms": arms,
+                                "comparisons": comparisons})
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--params", default=str(Path(__file__).resolve().parent / "ml100k_multimodal.yaml"))
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/ml-100k"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_params_options(ap)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/ml-100k"))
     ap.add_argument("--posters", default=None, help="default: DATA/posters")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--out", required=True)
     ap.add_argument("--report", action="store_true", help="only print the tables of finished arms")
+    add_json_option(ap, "the tables' numbers")
     args = ap.parse_args()
+    if args.config is None and args.params == PARAMS:  # a full --params file is taken as it is
+        args.config = CONFIGS / "ml100k_multimodal.yaml"
     if not args.report:
         args.posters = args.posters or str(Path(args.data) / "posters")
         for arm in args.arms:
             run_arm(args, arm)
-    report(Path(args.out))
+    report(Path(args.out), args.json)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The CUDA paths against the CPU, and their throughput: one script for a GPU machine.
 
-    python bench/gpu.py [--steps 20] [--items 512]
+    python -m bench.gpu [--steps 20] [--items 512] [--json PATH]
 
 Needs only torch, transformers and safetensors (plus numpy): the GPU machines here have no polars, faiss,
 vllm or dvc, and no model weights, so the models are built from configs. Checks, each on CPU and CUDA from the
@@ -26,10 +26,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from molar_core.data.synthetic import generate  # noqa: E402
-from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss  # noqa: E402
+from bench.common import add_json_option, markdown_header, write_result
+from molar_core.data.synthetic import generate
+from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
 
 
 def _sync(device: torch.device) -> None:
@@ -119,10 +118,11 @@ def rank(device: torch.device, items: int, users: int = 8192, k: int = 10) -> tu
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--items", type=int, default=512)
     ap.add_argument("--rank-items", type=int, nargs="+", default=[100_000, 1_000_000])
+    add_json_option(ap, "both tables' numbers and the checks")
     args = ap.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     if len(devices) == 1:
@@ -156,17 +156,23 @@ def main() -> None:
                          f"{'OK' if check else 'FAIL'}: {what}"))
         else:
             rows.append((name, f"{cpu_speed:,.1f}", "-", "-", unit, "-"))
-    print("\n| path | CPU | CUDA | speed-up | unit | check |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n" + markdown_header(["path", "CPU", "CUDA", "speed-up", "unit", "check"]))
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    big = []
     if "cuda" in res:
-        print("\n| Qwen2-VL-2B shape, bf16, CUDA | items/s | hours per 1e6 items |")
-        print("| --- | --- | --- |")
+        print("\n" + markdown_header(["Qwen2-VL-2B shape, bf16, CUDA", "items/s", "hours per 1e6 items"]))
         for label, pixels, side in (("1 visual token (max_pixels 784, the default)", 28 * 28, 84),
                                     ("256 visual tokens (448x448 images)", 448 * 448, 448)):
             _, speed = embed_items(torch.device("cuda"), 2 * args.items, QWEN2VL_2B, pixels, side)
             print(f"| {label} | {speed:,.1f} | {1e6 / speed / 3600:.2f} |")
+            big.append({"shape": label, "items_per_s": speed, "hours_per_1e6_items": 1e6 / speed / 3600})
+    if args.json is not None:
+        speeds = {d: {name: v[1] for name, v in r.items()} for d, r in res.items()}
+        write_result(args.json, {"steps": args.steps, "items": args.items, "rank_items": args.rank_items, "ok": ok,
+                                 "speed": speeds, "rows": [dict(zip(["path", "cpu", "cuda", "speedup", "unit",
+                                                                     "check"], r)) for r in rows],
+                                 "qwen2vl_2b_cuda": big})
     sys.exit(0 if ok else 1)
 
 

@@ -1,8 +1,8 @@
 """Which FAISS index for a catalogue of N items: Recall@10 against exact search and the query speed-up over it.
 
-    python bench/index_scale.py [--items 10000 100000 1000000] [--dim 64] [--queries 2000] [--threads 1] [--hnsw]
-                               [--fastscan [--refine 16]] [--deep | --nprobes 1024 1536 ...]
-    python bench/index_scale.py --workspace . --model content      # the real item and user vectors of a workspace
+    python -m bench.index_scale [--items 10000 100000 1000000] [--dim 64] [--queries 2000] [--threads 1] [--hnsw]
+                               [--fastscan [--refine 16]] [--deep | --nprobes 1024 1536 ...] [--json PATH]
+    python -m bench.index_scale --workspace . --model content      # the real item and user vectors of a workspace
 
 Synthetic catalogues come from molar_core.data.synthetic.catalogue (unit vectors around one topic per 100 items,
 `--spread 1.0`) with users made as a user model makes them (normalised mean of 5 items plus noise): at the size
@@ -17,17 +17,14 @@ setting with recall >= 0.99 is the pick.
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from molar_core.data.synthetic import catalogue, user_queries  # noqa: E402
-from molar_core.index import build_index, overlap_recall, set_search_params  # noqa: E402
+from bench.common import add_json_option, markdown_header, timed, write_result
+from molar_core.data.synthetic import catalogue, user_queries
+from molar_core.index import build_index, overlap_recall, set_search_params
 
 K = 10
 K_FACTOR = 16  # fast-scan candidates re-ranked exactly: k x this (--refine)
@@ -35,11 +32,7 @@ K_FACTOR = 16  # fast-scan candidates re-ranked exactly: k x this (--refine)
 
 def search_time(index: faiss.Index, queries: np.ndarray, repeats: int = 3) -> tuple[float, np.ndarray]:
     """Best of `repeats` wall times of one batched search, and its results."""
-    best, rows = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        _, rows = index.search(queries, K)
-        best = min(best, time.perf_counter() - t)
+    best, (_, rows) = timed(index.search, queries, K, repeats=repeats)
     return best, rows
 
 
@@ -105,9 +98,8 @@ def run(label: str, items: np.ndarray, queries: np.ndarray, hnsw: bool, fastscan
 
 def print_rows(rows: list[dict], header: bool = False) -> None:
     if header:
-        print("| catalogue | index | setting | build s | Recall@10 vs exact | queries/s | speed-up vs exact | "
-              "catalogue scanned (speed-up bound) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print(markdown_header(["catalogue", "index", "setting", "build s", "Recall@10 vs exact", "queries/s",
+                               "speed-up vs exact", "catalogue scanned (speed-up bound)"]))
     for r in rows:
         share = f"{r['scanned']:.2%} ({1 / r['scanned']:.1f}x)" if r["scanned"] is not None else ""
         print(f"| {r['catalogue']} | {r['index']} | {r['setting']} | {r['build_s']:.1f} | {r['recall']:.4f} | "
@@ -115,7 +107,7 @@ def print_rows(rows: list[dict], header: bool = False) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--spread", type=float, default=1.0, help="within-topic spread of the synthetic catalogue")
@@ -128,11 +120,12 @@ def main() -> None:
     ap.add_argument("--nprobes", type=int, nargs="+", help="only IVF with 16 sqrt(N) lists, these nprobe")
     ap.add_argument("--workspace", type=Path, default=None, help="use this workspace's vectors of --model")
     ap.add_argument("--model", default="content")
+    add_json_option(ap, "every row and the picks")
     args = ap.parse_args()
     faiss.omp_set_num_threads(args.threads)
     print(f"FAISS {faiss.__version__}, {args.threads} thread(s), top-{K}, inner product\n")
     print_rows([], header=True)
-    picks = []
+    picks, every = [], []
     if args.workspace:
         from molar_core.vectors import load_item_vectors, read_user_vectors
 
@@ -149,13 +142,17 @@ def main() -> None:
         rows = run(label, np.ascontiguousarray(items, np.float32), np.ascontiguousarray(queries, np.float32),
                    args.hnsw, args.fastscan, args.deep, args.nprobes, args.refine)
         print_rows(rows[:1])
+        every += rows
         good = [r for r in rows[1:] if r["recall"] >= 0.99]
         picks.append((label, max(good, key=lambda r: r["speedup"]) if good else None))
-    print("\n| catalogue | fastest setting with Recall@10 >= 0.99 | recall | speed-up vs exact |")
-    print("| --- | --- | --- | --- |")
+    print("\n" + markdown_header(["catalogue", "fastest setting with Recall@10 >= 0.99", "recall",
+                                  "speed-up vs exact"]))
     for label, r in picks:
         print(f"| {label} | {r['index']} {r['setting']} | {r['recall']:.4f} | {r['speedup']:.1f}x |" if r
               else f"| {label} | none reached 0.99 | | |")
+    if args.json is not None:
+        write_result(args.json, {"faiss": faiss.__version__, "threads": args.threads, "k": K, "rows": every,
+                                 "picks": [{"catalogue": label, "pick": r} for label, r in picks]})
 
 
 if __name__ == "__main__":

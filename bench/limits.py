@@ -1,7 +1,7 @@
 """How close embed, train and evaluate come to this machine's limits: FLOPs and bytes each needs, the matmul and
 memory-bandwidth ceilings measured here, and the achieved fraction.
 
-    python bench/limits.py [--threads 2] [--data ../shared/datasets/ml-100k]
+    python -m bench.limits [--threads 2] [--data ../shared/datasets/ml-100k] [--json PATH]
 
 Workloads at the default params (params.yaml):
 - embed: the `sentence` encoder's forward (MiniLM-L6, batch 32) over 512 ML-100K item texts;
@@ -18,23 +18,20 @@ embedding forward, >= 15% in the training step.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench.machine import best_seconds, matmul_peak, memory_bandwidth  # noqa: E402
-from molar_core.data.synthetic import catalogue, generate, user_queries  # noqa: E402
-from molar_core.encoders import EncoderConfig, build_encoder  # noqa: E402
-from molar_core.index import blas_batch, build_index, search_masked  # noqa: E402
-from molar_core.models.sasrec import SASRec, sasrec_loss  # noqa: E402
-from pipeline.params import Params  # noqa: E402
-from stages.train_id import sasrec_config  # noqa: E402
+from bench.common import ROOT, add_json_option, markdown_header, write_result
+from bench.machine import best_seconds, matmul_peak, memory_bandwidth
+from molar_core.data.synthetic import catalogue, generate, user_queries
+from molar_core.encoders import EncoderConfig, build_encoder
+from molar_core.index import blas_batch, build_index, search_masked
+from molar_core.models.sasrec import SASRec, sasrec_loss
+from pipeline.params import Params
+from stages.train_id import sasrec_config
 
 TARGETS = {"embed": 0.40, "train": 0.15}
 
@@ -110,10 +107,11 @@ def evaluate_workload(items: int = 100_000, users: int = 8192, dim: int = 64) ->
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "ml-100k")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "ml-100k")
     ap.add_argument("--steps", type=int, default=20)
+    add_json_option(ap, "the ceilings and every workload's numbers")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import faiss
@@ -124,9 +122,8 @@ def main() -> None:
     print(f"{args.threads} thread(s): fp32 matmul ceiling {peak:.0f} GFLOP/s (2048^3), memory bandwidth "
           f"{bw:.1f} GB/s (1 GiB copy); ridge point {ridge:.1f} FLOP/byte\n")
     rows = [embed_workload(args.data, Params().embed.batch_size), train_workload(args.steps), evaluate_workload()]
-    print("| workload | GFLOP | MB moved (least) | FLOP/byte | bound by | ms | GFLOP/s | of matmul ceiling | "
-          "of roofline | target |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(markdown_header(["workload", "GFLOP", "MB moved (least)", "FLOP/byte", "bound by", "ms", "GFLOP/s",
+                           "of matmul ceiling", "of roofline", "target"]))
     for r in rows:
         intensity = r["flops"] / r["bytes"]
         achieved = r["flops"] / r["seconds"] / 1e9
@@ -136,6 +133,11 @@ def main() -> None:
         print(f"| {r['name']} | {r['flops'] / 1e9:.2f} | {r['bytes'] / 1e6:.1f} | {intensity:.1f} | "
               f"{'compute' if intensity > ridge else 'memory'} | {r['seconds'] * 1e3:.1f} | {achieved:.1f} | "
               f"{achieved / peak:.0%} | {achieved / roof:.0%} | {verdict} |")
+        r.update(intensity=intensity, bound="compute" if intensity > ridge else "memory", gflops=achieved,
+                 of_peak=achieved / peak, of_roofline=achieved / roof, target=target)
+    if args.json is not None:
+        write_result(args.json, {"threads": args.threads, "matmul_peak_gflops": peak, "bandwidth_gbs": bw,
+                                 "ridge_flop_per_byte": ridge, "rows": rows})
 
 
 if __name__ == "__main__":

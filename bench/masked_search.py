@@ -6,23 +6,19 @@ matrix product, so every call took its per-query loop. `molar_core.index.search_
 pairs up as integer keys (no mask) and sends at least `blas_batch(index)` users per call. Same ids checked, one
 thread, synthetic catalogue (molar_core.data.synthetic), each user's history holding some of its own top items.
 
-    python bench/masked_search.py [--items 100000 1000000] [--users 4096] [--history 20]
+    python -m bench.masked_search [--items 100000 1000000] [--users 4096] [--history 20] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from molar_core.data.synthetic import catalogue, user_queries  # noqa: E402
-from molar_core.index import build_index, search_masked  # noqa: E402
+from bench.common import add_json_option, markdown_header, timed, write_result
+from molar_core.data.synthetic import catalogue, user_queries
+from molar_core.index import build_index, search_masked
 
 K = 50
 
@@ -53,23 +49,19 @@ def score(items: np.ndarray, users: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.einsum("ukd,ud->uk", items[ids - 1], users)
 
 
-def timed(fn) -> tuple[float, np.ndarray]:
-    t = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t, result
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--users", type=int, default=4096)
     ap.add_argument("--history", type=int, default=20)
+    add_json_option(ap)
     args = ap.parse_args()
     faiss.omp_set_num_threads(1)
     print(f"FAISS {faiss.__version__} Flat (exact), 1 thread, {args.users:,} users with {args.history} history "
           f"items each, top-{K} after masking\n")
-    print("| items x 64 | plain (1,024 a call, items mask): users/s | ours (BLAS-sized calls, integer keys): users/s | speed-up |")
-    print("| --- | --- | --- | --- |")
+    print(markdown_header(["items x 64", "plain (1,024 a call, items mask): users/s",
+                           "ours (BLAS-sized calls, integer keys): users/s", "speed-up"]))
+    out = []
     rng = np.random.default_rng(0)
     for n in args.items:
         items = np.ascontiguousarray(catalogue(n, 64, seed=0), np.float32)
@@ -87,6 +79,11 @@ def main() -> None:
         assert same, "the two versions disagree"
         print(f"| {n:,} | {args.users / plain_s:,.0f} | {args.users / ours_s:,.0f} | {plain_s / ours_s:.1f}x |",
               flush=True)
+        out.append({"items": n, "plain_users_s": args.users / plain_s, "ours_users_s": args.users / ours_s,
+                    "speedup": plain_s / ours_s})
+    if args.json is not None:
+        write_result(args.json, {"faiss": faiss.__version__, "index": "Flat", "threads": 1, "users": args.users,
+                                 "history": args.history, "k": K, "dim": 64, "rows": out})
 
 
 if __name__ == "__main__":

@@ -5,20 +5,20 @@ Make one sweep folder per dataset (from the repo root; without --workspace the s
 dataset once in OUT/base; one torch thread per process, --jobs processes at a time; the patience settings in
 brackets are optional, the params files' own patience is 10), then the table:
 
-    python bench/sweep.py --out /tmp/paper-ml100k --seeds 0 1 2 --jobs 2 \
+    python -m bench.sweep --out /tmp/paper-ml100k --seeds 0 1 2 --jobs 2 \
         --set prepare.source=recbole_atomic prepare.path=../shared/datasets/ml-100k \
               train_id.threads=1 train.threads=1 [train_id.patience=20 train.patience=20] \
         --variants content molar molar_direct molar_joint content_bce molar_bce \
         --pairs molar:content molar_direct:content molar_joint:content molar_bce:content_bce
-    python bench/sweep.py --out /tmp/paper-amazon --params bench/amazon_scientific.yaml --seeds 0 1 2 --jobs 2 \
+    python -m bench.sweep --out /tmp/paper-amazon --config bench/configs/amazon_scientific.yaml --seeds 0 1 2 --jobs 2 \
         --set train_id.threads=1 train.threads=1 [train_id.patience=20 train.patience=20] \
         --variants content molar molar_direct molar_joint content_bce molar_bce \
         --pairs molar:content molar_direct:content molar_joint:content molar_bce:content_bce
-    python bench/paper_table.py --sweep ML-100K=/tmp/paper-ml100k Amazon-Scientific=/tmp/paper-amazon \
+    python -m bench.paper_table --sweep ML-100K=/tmp/paper-ml100k Amazon-Scientific=/tmp/paper-amazon \
         --out /tmp/paper-table
 
 It prints the markdown table and writes OUT/paper_table.md and OUT/paper_table.json (every number, the folders,
-seeds, arms, commit, date and machine). The text-plus-image and stage-1 rows are measured only from
+seeds, arms, commit, date and machine; --json PATH writes the same there too). The text-plus-image and stage-1 rows are measured only from
 bench/finetune_ablation.py folders given with `--ablation LABEL=DIR` (its Molar models, same seeds and users
 per pair); a sweep's models all share one item embedding, so they cannot measure either.
 
@@ -41,10 +41,9 @@ import numpy as np
 import polars as pl
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.machine import checkout, describe  # noqa: E402
-from bench.sweep import VARIANTS, compare, load_runs, paired_gain  # noqa: E402
+from bench.common import add_json_option
+from bench.machine import checkout, describe
+from bench.sweep import VARIANTS, compare, load_runs, paired_gain
 
 # The paper's test NDCG@10 (arXiv 2412.18176, full ranking, leave-one-out), as ../shared/docs/molar-method.md
 # quotes them: Table 2 is the main comparison with the baselines, Table 5 the ablations on PixelRec.
@@ -206,15 +205,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ablation", nargs="*", type=labelled, default=[], metavar="LABEL=DIR",
                     help="bench/finetune_ablation.py output folders (the image and stage-1 rows)")
     ap.add_argument("--out", type=Path, required=True, help="writes paper_table.json and paper_table.md here")
+    add_json_option(ap, "paper_table.json (every number, the machine and commit)")
     args = ap.parse_args(argv)
     rows, folders = measure(dict(args.sweep), dict(args.ablation))
     meta = {"made": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **checkout(),
-                     "machine": describe(), "command": ["python", "bench/paper_table.py", *(argv or sys.argv[1:])]},
+                     "machine": describe(), "command": ["python", "-m", "bench.paper_table",
+                                                          *(argv or sys.argv[1:])]},
             "folders": folders, "arms": {n: VARIANTS[n] for n in sorted(SWEEP_MODELS & set(VARIANTS))}}
     text = markdown(rows, meta)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {**meta, "metric": "test ndcg@10", "rows": rows}
-    (args.out / "paper_table.json").write_text(json.dumps(result, indent=1) + "\n")
+    for path in (args.out / "paper_table.json", *([args.json] if args.json else [])):
+        path.write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "paper_table.md").write_text(text)
     print(text, end="")
     return result

@@ -1,6 +1,7 @@
 """Our SASRec against RecBole 1.2.1's SASRec on the same ML-100K data and protocol, both run here, now.
 
-    python bench/peers.py [--recbole-python .venv-recbole/bin/python] [--epochs 5] [--threads 1] [--set train_id.norm=post]
+    python -m bench.peers [--recbole-python .venv-recbole/bin/python] [--epochs 5] [--threads 1] \
+        [--set train_id.norm=post] [--json PATH]
 
 README's 20x row: `--set train_id.batch_size=32` (76 optimizer steps an epoch instead of 19).
 
@@ -33,7 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "datasets"
-sys.path.insert(0, str(REPO))  # our workers import molar; the RecBole worker imports nothing of it
+# The workers run this file as a script (`python REPO/bench/peers.py --worker ROLE`, in a temporary directory): the
+# RecBole worker imports nothing of this checkout; ours gets it on PYTHONPATH. So nothing of it at module level.
 
 
 def recbole_worker(data_root: Path, epochs: int, threads: int, out: Path) -> None:
@@ -146,6 +148,8 @@ def time_to_reach(curve: list[dict], target: float) -> tuple[float, int] | None:
 def spawn(python: str, role: str, args: argparse.Namespace) -> dict:
     out = Path(tempfile.mkdtemp(prefix="molar-peers-")) / f"{role}.json"
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": str(args.threads)}
+    if role == "molar":
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     cmd = [python, __file__, "--worker", role, "--epochs", str(args.epochs), "--threads", str(args.threads),
            "--data", str(args.data), "--out", str(out), *[f"--set={s}" for s in args.set]]
     t = time.perf_counter()
@@ -156,7 +160,7 @@ def spawn(python: str, role: str, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recbole-python", default=str(REPO / ".venv-recbole" / "bin" / "python"))
     ap.add_argument("--epochs", type=int, default=5, help="RecBole epochs (about 4 minutes each on one core)")
     ap.add_argument("--threads", type=int, default=1)
@@ -166,6 +170,8 @@ def main() -> None:
     ap.add_argument("--recbole-json", type=Path, default=None, help="reuse a finished RecBole worker's output")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override our params, e.g. --set train_id.norm=post")
+    ap.add_argument("--json", type=Path, metavar="PATH",
+                    help="also write the table's numbers here, with the machine and commit")
     args = ap.parse_args()
     if args.worker == "recbole":
         return recbole_worker(args.data, args.epochs, args.threads, args.out)
@@ -174,24 +180,34 @@ def main() -> None:
 
     args.data = shared_split(args.data / "ml-100k")
     print(f"shared split: {args.data / 'ml-100k' / 'ml-100k.inter'}")
+    from bench.common import markdown_header, write_result
+
     rec = json.loads(args.recbole_json.read_text()) if args.recbole_json else spawn(args.recbole_python, "recbole", args)
     ours = spawn(sys.executable, "molar", args)
     target = max(r["valid_ndcg@10"] for r in rec["curve"])
     rec_reach, ours_reach = time_to_reach(rec["curve"], target), time_to_reach(ours["curve"], target)
     print(f"\nML-100K, RecBole's protocol, {args.threads} thread(s). Target: RecBole's best validation NDCG@10 in "
           f"{len(rec['curve'])} epochs = {target:.4f}\n")
-    print("| system | s per epoch | epochs | time to reach target (s, epoch) | peak RSS MiB | test NDCG@10 | "
-          "test Hit@10 |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(markdown_header(["system", "s per epoch", "epochs", "time to reach target (s, epoch)", "peak RSS MiB",
+                           "test NDCG@10", "test Hit@10"]))
+    table = []
     ours_name = "molar SASRec (train_id" + "".join(f", {s}" for s in args.set) + ")"
     for name, r, reach in (("RecBole 1.2.1 SASRec", rec, rec_reach), (ours_name, ours, ours_reach)):
         per_epoch = sum(c["seconds"] for c in r["curve"]) / len(r["curve"])
         got = f"{reach[0]:.1f} (epoch {reach[1]})" if reach else "not reached"
         print(f"| {name} | {per_epoch:.1f} | {len(r['curve'])} | {got} | {r['peak_rss_mib']:.0f} | "
               f"{r['test_ndcg@10']:.4f} | {r['test_hit@10']:.4f} |")
+        table.append({"system": name, "s_per_epoch": per_epoch, "epochs": len(r["curve"]),
+                      "reach_s": reach[0] if reach else None, "reach_epoch": reach[1] if reach else None,
+                      "peak_rss_mib": r["peak_rss_mib"], "test_ndcg@10": r["test_ndcg@10"],
+                      "test_hit@10": r["test_hit@10"], "run": r})
     if rec_reach and ours_reach:
         print(f"\ntime to RecBole's best validation quality: {rec_reach[0] / ours_reach[0]:.0f}x faster "
               "(target >= 20x)")
+    if args.json is not None:
+        write_result(args.json, {"threads": args.threads, "set": args.set, "target_valid_ndcg@10": target,
+                                 "speedup_to_target": rec_reach[0] / ours_reach[0] if rec_reach and ours_reach
+                                 else None, "rows": table})
 
 
 if __name__ == "__main__":

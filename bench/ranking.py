@@ -1,6 +1,6 @@
 """Exact torch ranking (validation during training, bench/sweep.py's scoring) against the plain way of writing it.
 
-    python bench/ranking.py [--items 100000 1000000] [--users 1024] [--threads 1]
+    python -m bench.ranking [--items 100000 1000000] [--users 1024] [--threads 1] [--json PATH]
 
 Both rank the same users' targets among the same items with each user's history masked, in blocks of 256 MiB
 of scores. Plain: a fresh scores block, a dense (users x items) history mask and `masked_fill`, a fresh
@@ -11,15 +11,11 @@ and comparison buffer reused by every block, history items set to -inf in place.
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from molar_core.ranking import history_index, target_ranks, user_chunk  # noqa: E402
+from bench.common import add_json_option, markdown_header, timed, write_result
+from molar_core.ranking import history_index, target_ranks, user_chunk
 
 
 def plain_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list[list[int]],
@@ -35,37 +31,34 @@ def plain_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list
     return torch.cat(out)
 
 
-def timed(fn, repeats: int = 2) -> tuple[float, torch.Tensor]:
-    best, res = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        res = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, res
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--users", type=int, default=1024)
     ap.add_argument("--history", type=int, default=20, help="items in each user's history")
     ap.add_argument("--threads", type=int, default=1)
+    add_json_option(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     print(f"exact ranking of {args.users:,} users (histories of {args.history} items masked), dim 64, "
           f"{args.threads} thread(s)\n")
-    print("| items | plain: users/s | ours: users/s | speed-up | same ranks |")
-    print("| --- | --- | --- | --- | --- |")
+    print(markdown_header(["items", "plain: users/s", "ours: users/s", "speed-up", "same ranks"]))
+    rows = []
     for n in args.items:
         items, users = torch.randn(n, 64, generator=gen), torch.randn(args.users, 64, generator=gen)
         hist = torch.randint(1, n + 1, (args.users, args.history), generator=gen).tolist()
         targets = torch.randint(1, n + 1, (args.users,), generator=gen)
-        t_plain, r_plain = timed(lambda: plain_target_ranks(users, items, hist, targets))
-        t_ours, r_ours = timed(lambda: target_ranks(users, items, hist, targets))
+        t_plain, r_plain = timed(lambda: plain_target_ranks(users, items, hist, targets), repeats=2)
+        t_ours, r_ours = timed(lambda: target_ranks(users, items, hist, targets), repeats=2)
         same = bool(torch.equal(r_plain, r_ours))
         print(f"| {n:,} | {args.users / t_plain:,.0f} | {args.users / t_ours:,.0f} | {t_plain / t_ours:.1f}x | {same} |",
               flush=True)
+        rows.append({"items": n, "plain_users_s": args.users / t_plain, "ours_users_s": args.users / t_ours,
+                     "speedup": t_plain / t_ours, "same_ranks": same})
+    if args.json is not None:
+        write_result(args.json, {"users": args.users, "history": args.history, "dim": 64,
+                                 "threads": args.threads, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -5,29 +5,27 @@ leave-one-out by time, full ranking, CE loss, max length 50, 5 epochs, 1,220 s w
 Hit@10 0.1135. We run the real stages (prepare -> train_id -> index -> evaluate) on the same data and protocol
 and print our wall time and metrics beside them, with the ratios. Also runs the default (masked) protocol.
 
-    python bench/recbole_reference.py [--data ../shared/datasets/ml-100k] [--seeds 0 1 2]
+    python -m bench.recbole_reference [--data ../shared/datasets/ml-100k] [--seeds 0 1 2] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.params import load_params  # noqa: E402
-from stages import evaluate, index, prepare, train_id  # noqa: E402
+from bench.common import PARAMS, ROOT, add_json_option, markdown_header, write_result
+from pipeline.params import load_params
+from stages import evaluate, index, prepare, train_id
 
 RECBOLE = {"seconds": 1220.0, "ndcg@10": 0.0544, "recall@10": 0.1135}
 
 
 def run_protocol(data: Path, masking: str, seed: int, extra: dict) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"molar-bench-{masking}-"))
-    p = load_params(Path(__file__).resolve().parents[1] / "params.yaml", overrides={
+    p = load_params(PARAMS, overrides={
         "prepare": {"source": "recbole_atomic", "path": str(data)},
         "protocol": {"masking": masking},
         "train_id": {"seed": seed, **extra},
@@ -43,17 +41,18 @@ def run_protocol(data: Path, masking: str, seed: int, extra: dict) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/ml-100k"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/ml-100k"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--protocols", nargs="+", default=["none", "history"])
+    add_json_option(ap, "every run's wall time and metrics")
     args = ap.parse_args()
     rows = []
     for masking in args.protocols:
         runs = [run_protocol(Path(args.data), masking, s, {}) for s in args.seeds]
         rows.append((masking, runs))
-    print("\n| protocol | system | wall s (mean) | epochs | test NDCG@10 | test Recall@10 | time ratio vs RecBole |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n" + markdown_header(["protocol", "system", "wall s (mean)", "epochs", "test NDCG@10", "test Recall@10",
+                                  "time ratio vs RecBole"]))
     print(f"| none (RecBole's) | RecBole 1.2.1 SASRec, 5 epochs (reference) | {RECBOLE['seconds']:.0f} | 5 | "
           f"{RECBOLE['ndcg@10']:.4f} | {RECBOLE['recall@10']:.4f} | 1.00 |")
     for masking, runs in rows:
@@ -64,6 +63,9 @@ def main() -> None:
         print(f"| {masking} | molar SASRec, {len(runs)} seeds | {wall:.0f} | "
               f"{statistics.mean(r['epochs'] for r in runs):.0f} | {statistics.mean(nd):.4f}{sd} | "
               f"{statistics.mean(rc):.4f} | {wall / RECBOLE['seconds']:.3f} |")
+    if args.json is not None:
+        write_result(args.json, {"recbole": RECBOLE, "data": args.data, "seeds": args.seeds,
+                                 "protocols": {masking: runs for masking, runs in rows}})
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """How each stage's wall time and peak memory grow with the catalogue: 1e4, 1e5 and 1e6 items, 1e5 users.
 
-    python bench/scale.py [--items 10000 100000 1000000] [--users 100000] [--threads 1] [--out /tmp/molar-scale]
-    python bench/scale.py --out /tmp/molar-scale --report          # the table of what has run
-    python bench/scale.py --items 1000000 --stages embed --redo embed   # measure one stage again
-    python bench/scale.py --items 1000000 --stages prepare train_id --set train_id.sparse_item_updates=true \
+    python -m bench.scale [--items 10000 100000 1000000] [--users 100000] [--threads 1] [--out /tmp/molar-scale]
+    python -m bench.scale --out /tmp/molar-scale --report [--json scale.json]  # the table of what has run
+    python -m bench.scale --items 1000000 --stages embed --redo embed   # measure one stage again
+    python -m bench.scale --items 1000000 --stages prepare train_id --set train_id.sparse_item_updates=true \
         --out /tmp/molar-scale-sparse                                     # a setting beside SCALE's, own folder
 
 Each size gets a workspace OUT/N holding the synthetic tables of `molar_core.data.synthetic.interaction_tables`
@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.stage_process import run_stage  # noqa: E402
-from molar_core.data.synthetic import interaction_tables  # noqa: E402
-from molar_core.encoders.tiny import build_tiny_sentence_encoder  # noqa: E402
-from molar_core.io import read_json, write_json_atomic  # noqa: E402
-from pipeline.params import deep_merge, dotted_overrides, load_params  # noqa: E402
+from bench.common import PARAMS, add_json_option, write_result
+from bench.stage_process import run_stage
+from molar_core.data.synthetic import interaction_tables
+from molar_core.encoders.tiny import build_tiny_sentence_encoder
+from molar_core.io import read_json, write_json_atomic
+from pipeline.params import deep_merge, dotted_overrides, load_params
 
 MODELS = ["sasrec", "molar"]
 STAGES = [("prepare", []), ("embed", []), ("train_id", []), ("train@molar", ["molar"]), ("index", []),
@@ -64,7 +61,7 @@ def write_workspace(ws: Path, items: int, users: int, threads: int, seed: int, e
     if not (encoder / "config.json").exists():
         build_tiny_sentence_encoder(encoder)
     over = deep_merge(scale_overrides(threads, encoder.resolve()), extra or {})
-    params = load_params(ROOT / "params.yaml", overrides=over)
+    params = load_params(PARAMS, overrides=over)
     (ws / "params.yaml").write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
 
 
@@ -90,7 +87,7 @@ def run_size(out: Path, items: int, users: int, threads: int, seed: int, only: l
               f"{done[stage]['peak_rss_mib']:>8.0f} MiB", flush=True)
 
 
-def report(out: Path) -> None:
+def report(out: Path, json_out: Path | None = None) -> None:
     sizes = sorted(int(p.name) for p in out.iterdir() if p.name.isdigit() and (p / "scale.json").exists())
     if not sizes:
         raise SystemExit(f"nothing has run under {out}")
@@ -104,21 +101,28 @@ def report(out: Path) -> None:
     growth = f"time {first:,} -> {last:,} | memory {first:,} -> {last:,}"
     print(f"\n| stage | {head} | {growth} |")
     print("| --- " * (2 + 2 * len(sizes) + 1) + "|")
+    table = []
     for stage, _ in STAGES:
         cells, ok = [], all(stage in runs[n] for n in (first, last))
         for n in sizes:
             r = runs[n].get(stage)
             cells += [f"{r['seconds']:,.1f}", f"{r['peak_rss_mib']:,.0f}"] if r else ["", ""]
+        growth = None
         if ok:
             a, b = runs[first][stage], runs[last][stage]
-            cells += [f"{b['seconds'] / a['seconds']:.1f}x", f"{b['peak_rss_mib'] / a['peak_rss_mib']:.1f}x"]
+            growth = {"seconds": b["seconds"] / a["seconds"], "peak_rss_mib": b["peak_rss_mib"] / a["peak_rss_mib"]}
+            cells += [f"{growth['seconds']:.1f}x", f"{growth['peak_rss_mib']:.1f}x"]
         else:
             cells += ["", ""]
         print(f"| {stage} | " + " | ".join(cells) + " |")
+        table.append({"stage": stage, "by_items": {n: runs[n].get(stage) for n in sizes},
+                      "growth_first_to_last": growth})
+    if json_out is not None:
+        write_result(json_out, {"folder": str(out), "sizes": sizes, "stats": stats, "stages": table})
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=1)
@@ -130,12 +134,13 @@ def main() -> None:
     ap.add_argument("--redo", nargs="+", choices=names, default=[], help="measure these again (embed: cold cache)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                     help="params on top of the large-catalogue settings (use another --out)")
+    add_json_option(ap)
     args = ap.parse_args()
     if not args.report:
         for n in args.items:
             run_size(args.out, n, args.users, args.threads, args.seed, args.stages, args.redo,
                      dotted_overrides(args.set))
-    report(args.out)
+    report(args.out, args.json)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Scaling efficiency of the stages that run on several workers: E = T1 / (W x TW), where T1 is one worker with
 one CPU and TW is W workers with one CPU each, measured in this script on the same inputs.
 
-    python bench/scaling.py --workers 1 2 [--items 4000] [--users 20000] [--catalogue 20000] [--json OUT]
+    python -m bench.scaling --workers 1 2 [--items 4000] [--users 20000] [--catalogue 20000] [--json OUT]
 
 - embed: `update_embeddings` with MiniLM on `--items` synthetic item texts, into a fresh cache each time; W = 1
   is the local engine with one torch thread, W > 1 the Ray actor pool (`embed.engine: ray`) with W actors of one
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,12 +22,8 @@ from pathlib import Path
 import polars as pl
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.machine import checkout, describe  # noqa: E402
-from molar_core.data.processing import content_hash  # noqa: E402
-from molar_core.io import write_json_atomic  # noqa: E402
+from bench.common import add_json_option, markdown_header, write_result
+from molar_core.data.processing import content_hash
 
 WORDS = ("space western comedy drama noir heist romance war musical documentary horror thriller animated sequel "
          "classic silent remake festival indie epic").split()
@@ -106,7 +101,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=20000)
     ap.add_argument("--catalogue", type=int, default=20000)
     ap.add_argument("--stages", nargs="+", default=["embed", "evaluate"], choices=["embed", "evaluate"])
-    ap.add_argument("--json", type=Path)
+    add_json_option(ap)
     args = ap.parse_args()
     workers = sorted(set([1, *args.workers]))
     rows = []
@@ -114,17 +109,16 @@ def main() -> None:
         rows += bench_embed(workers, args.items)
     if "evaluate" in args.stages:
         rows += bench_evaluate(workers, args.users, args.catalogue)
-    print("| stage | workers (1 CPU each) | seconds | speed-up vs 1 | efficiency E = T1 / (W x TW) | same output |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(markdown_header(["stage", "workers (1 CPU each)", "seconds", "speed-up vs 1", "efficiency E = T1 / (W x TW)",
+                           "same output"]))
     for r in rows:
         t1 = next(x["seconds"] for x in rows if x["stage"] == r["stage"] and x["workers"] == 1)
         r["efficiency"] = t1 / (r["workers"] * r["seconds"])
         print(f"| {r['stage']} | {r['workers']} | {r['seconds']:.2f} | {t1 / r['seconds']:.2f}x | "
               f"{r['efficiency']:.2f} | {'yes' if r['same_output'] else 'NO'} |")
     if args.json:
-        write_json_atomic(args.json, {"rows": rows, "args": {k: v if not isinstance(v, Path) else str(v)
-                                                               for k, v in vars(args).items()},
-                                      "machine": describe(), **checkout()})
+        write_result(args.json, {"rows": rows, "args": {k: v if not isinstance(v, Path) else str(v)
+                                                          for k, v in vars(args).items()}})
 
 
 if __name__ == "__main__":

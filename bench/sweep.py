@@ -2,21 +2,25 @@
 post-alignment study (weight, temperature, positions, item alignment, hybrid), the paper's arms and multi-seed
 tables, on a machine with many cores or a GPU.
 
-    python bench/sweep.py --workspace W --params bench/amazon_scientific.yaml --set train.patience=15 \
+    python -m bench.sweep --workspace W --config bench/configs/amazon_scientific.yaml --set train.patience=15 \
         --seeds 0 1 2 --variants content molar molar_items --jobs 8 --out /tmp/sweep
-    python bench/sweep.py --report /tmp/sweep [/tmp/other-sweep ...] --pairs molar:content molar_bce:content_bce
+    python -m bench.sweep --report /tmp/sweep [/tmp/other-sweep ...] --pairs molar:content molar_bce:content_bce \
+        [--json sweep.json]
 
 W is a workspace whose `data/prepared` and `artifacts/embeddings` exist (`dvc repro embed`, or bench/pipeline.py's
 shared workspace); without --workspace, OUT/base is made first by the prepare and embed stages with the sweep's
-params (run from the repo root: relative data paths in PARAMS are read from there). Each seed gets OUT/seedS with
-those two folders copied and a params.yaml (PARAMS + --set + that seed + the variants of VARIANTS), then runs
+params (run from the repo root: relative data paths in PARAMS are read from there). PARAMS is --params (a full
+file, default params.yaml) with --config's override file (bench/configs/*.yaml) merged on top. Each seed gets
+OUT/seedS with those two folders copied and a params.yaml (PARAMS + --set + that seed + the variants of
+VARIANTS), then runs
 `python -m stages.train_id` and `python -m stages.train NAME` for every variant, the commands `dvc repro` runs,
 at most --jobs at a time. Test metrics come from the saved vectors by exact torch ranking with the history
 masked (molar_core.ranking, tested equal to the FAISS path that `evaluate` takes), per user, into
 OUT/seedS/results/MODEL.json as each model finishes (with the machine and commit it ran on), so the report gives
 each model's mean over seeds with a 95% t-interval, its early-stopped run's best validation NDCG@10 (the number
 to choose settings by), its paired bootstrap interval over users (seeds pooled) against SASRec, and with
---pairs A:B the same interval of A − B for each pair, also relative to B's mean (bench/paper_table.py reads it).
+--pairs A:B the same interval of A − B for each pair, also relative to B's mean (bench/paper_table.py reads it);
+--json PATH writes the table's numbers there too.
 `--variants` with no names trains SASRec only. Nothing here needs FAISS, so the script runs where only torch,
 polars and pydantic are installed (and the embed stage's encoder, to make OUT/base).
 """
@@ -25,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,17 +36,14 @@ import numpy as np
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.machine import checkout, describe  # noqa: E402
-from bench.stage_process import run_stage  # noqa: E402
-from molar_core.checkpoint import open_checkpoint  # noqa: E402
-from molar_core.io import read_json, write_json_atomic  # noqa: E402
-from molar_core.metrics import paired_bootstrap, per_user_metrics, t_interval  # noqa: E402
-from molar_core.ranking import target_ranks  # noqa: E402
-from pipeline.params import dotted_overrides, load_params  # noqa: E402
-from stages.common import read_prepared  # noqa: E402
+from bench.common import add_json_option, add_params_options, diff_cell, overrides, relative_cell, write_result
+from bench.stage_process import run_stage
+from molar_core.checkpoint import open_checkpoint
+from molar_core.io import read_json
+from molar_core.metrics import paired_bootstrap, per_user_metrics, t_interval
+from molar_core.ranking import target_ranks
+from pipeline.params import load_params
+from stages.common import read_prepared
 
 VARIANTS = {  # name -> overrides of the `train` section
     "content": {"align_alpha": 0.0},
@@ -79,7 +79,7 @@ def base_workspace(args) -> Path:
     from stages import embed, prepare
 
     ws = args.out / "base"
-    params = load_params(args.params, overrides=dotted_overrides(args.set))
+    params = load_params(args.params, overrides=overrides(getattr(args, "config", None), args.set))
     prepare.run(params.prepare, ws)
     embed.run(params.embed, ws)
     return ws
@@ -90,7 +90,7 @@ def seed_workspace(args, seed: int) -> Path:
     for part in ("data/prepared", "artifacts/embeddings"):
         if not (ws / part).exists():
             shutil.copytree(args.workspace / part, ws / part)
-    extra = dotted_overrides(args.set)
+    extra = overrides(getattr(args, "config", None), args.set)
     over = {**extra, "train_id": {**extra.get("train_id", {}), "seed": seed},
             "train": {**extra.get("train", {}), "seed": seed},
             "train_variants": {v: VARIANTS[v] for v in [*args.variants, *args.first_seed_variants]}}
@@ -122,8 +122,7 @@ def train_and_score(ws: Path, seed: int, model: str) -> None:
         return
     argv = ["stages.train_id"] if model == "sasrec" else ["stages.train", model]
     run_stage(ws, argv, ws / f"{'_'.join(argv)}.log")
-    write_json_atomic(ws / "results" / f"{model}.json", {"seed": seed, "model": model, **test_ndcg(ws, model),
-                                                        "machine": describe(), **checkout()})
+    write_result(ws / "results" / f"{model}.json", {"seed": seed, "model": model, **test_ndcg(ws, model)})
     print(f"seed {seed} {model}: test NDCG@10 {read_json(ws / 'results' / f'{model}.json')['ndcg@10']:.4f}",
           flush=True)
 
@@ -185,25 +184,33 @@ def parse_pair(text: str) -> tuple[str, str]:
     return a, b
 
 
-def report(dirs: list[Path], against: list[str], pairs: list[tuple[str, str]] = ()) -> list[dict]:
+def report(dirs: list[Path], against: list[str], pairs: list[tuple[str, str]] = (),
+           json_out: Path | None = None) -> list[dict]:
     """Each model's test NDCG@10 per seed, mean with a t-interval over seeds, and its paired bootstrap
     difference over users (seeds pooled) to each model in `against`, over the seeds both have; then each pair
-    A:B of `pairs` with A − B, absolute and relative to B. Returns the pairs' numbers."""
+    A:B of `pairs` with A − B, absolute and relative to B. Returns the pairs' numbers; with json_out, writes
+    every number of both tables there (bench.common.write_result)."""
     by_seed = load_runs(dirs)
     seeds = list(by_seed)
     models = list(dict.fromkeys(["sasrec", *(m for runs in by_seed.values() for m in runs)]))
     print("| test NDCG@10 | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% t | valid (mean) | "
           + " | ".join(f"− {b}, paired bootstrap over users (seeds pooled)" for b in against) + " |")
     print("| --- " * (len(seeds) + 3 + len(against)) + "|")
+    table = []
     for m in models:
         have = [s for s in seeds if m in by_seed[s]]
         cells = [f"{by_seed[s][m]['ndcg@10']:.4f}" if m in by_seed[s] else "" for s in seeds]
         cells.append(t_interval([by_seed[s][m]["ndcg@10"] for s in have]) if have else "")
         valid = [by_seed[s][m]["valid_ndcg@10"] for s in have if by_seed[s][m].get("valid_ndcg@10") is not None]
         cells.append(f"{np.mean(valid):.4f}" if valid else "")  # the early-stopped run's best (the selection)
+        row = {"model": m, "seeds": {s: by_seed[s][m]["ndcg@10"] for s in have},
+               "mean": float(np.mean([by_seed[s][m]["ndcg@10"] for s in have])) if have else None,
+               "t95": cells[len(seeds)], "valid_mean": float(np.mean(valid)) if valid else None, "against": {}}
         for b in against:
             pb = None if m == b else compare(by_seed, m, b)
-            cells.append(f"{pb['diff']:+.4f} [{pb['ci_low']:+.4f}, {pb['ci_high']:+.4f}]" if pb else "")
+            cells.append(diff_cell(pb))
+            row["against"][b] = pb
+        table.append(row)
         print(f"| {m} | " + " | ".join(cells) + " |")
     out = []
     if pairs:
@@ -217,18 +224,18 @@ def report(dirs: list[Path], against: list[str], pairs: list[tuple[str, str]] = 
             continue
         out.append({"a": a, "b": b, **pb})
         print(f"| {a} − {b} | {' '.join(map(str, pb['seeds']))} | {pb['t_a']} | {pb['t_b']} | "
-              f"{pb['diff']:+.4f} [{pb['ci_low']:+.4f}, {pb['ci_high']:+.4f}] | "
-              + (f"{pb['relative']:+.1%} [{pb['relative_low']:+.1%}, {pb['relative_high']:+.1%}] |"
-                 if pb["relative"] is not None else "|"))
+              f"{diff_cell(pb)} | " + (f"{relative_cell(pb)} |" if pb["relative"] is not None else "|"))
+    if json_out is not None:
+        write_result(json_out, {"folders": [str(d) for d in dirs], "metric": "test ndcg@10", "seeds": seeds,
+                                "models": table, "pairs": out})
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workspace", type=Path,
                     help="holds data/prepared and artifacts/embeddings (default: OUT/base, made here)")
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    add_params_options(ap, sets=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="*", default=["content", "molar"], choices=list(VARIANTS),
                     help="content models to train after SASRec (none: SASRec only)")
@@ -240,15 +247,16 @@ def main() -> None:
     ap.add_argument("--against", nargs="+", default=["sasrec"], help="models each row is compared with")
     ap.add_argument("--pairs", nargs="*", type=parse_pair, default=[], metavar="A:B",
                     help=f"A − B over users, also relative to B (the paper's: {' '.join(PAPER_PAIRS)})")
+    add_json_option(ap)
     args = ap.parse_args()
     if args.report:
-        report(args.report, args.against, args.pairs)
+        report(args.report, args.against, args.pairs, args.json)
         return
     if not args.out:
         ap.error("--out is needed to run a sweep")
     args.workspace = args.workspace or base_workspace(args)
     run(args)
-    report([args.out], args.against, args.pairs)
+    report([args.out], args.against, args.pairs, args.json)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Training-step speed of the user models on ML-100K-sized batches: our choices against the plain ones.
 
-    python bench/train_step.py [--steps 30] [--threads 2]
+    python -m bench.train_step [--steps 30] [--threads 2] [--json PATH]
 
 Rows (each a ratio against its baseline, measured in this process on the same batches):
 - SASRec step with molar's Dropout (uniform draw) vs torch.nn.Dropout (bernoulli_).
@@ -14,19 +14,16 @@ Synthetic sequences with ML-100K's shape (943 users, 1,682 items, windows of 51)
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from molar_core.data.synthetic import generate  # noqa: E402
-from molar_core.models.content import ContentConfig, ContentUserModel  # noqa: E402
-from molar_core.models.molar import Molar, MolarLossConfig  # noqa: E402
-from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss  # noqa: E402
-from molar_core.optim import AdamWLazyEmbeddings  # noqa: E402
+from bench.common import add_json_option, markdown_header, write_result
+from molar_core.data.synthetic import generate
+from molar_core.models.content import ContentConfig, ContentUserModel
+from molar_core.models.molar import Molar, MolarLossConfig
+from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
+from molar_core.optim import AdamWLazyEmbeddings
 
 
 def timed_steps(model: torch.nn.Module, loss_fn, batches, steps: int, lazy: bool = False) -> float:
@@ -56,11 +53,12 @@ def swap_dropout(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--items", type=int, default=1_000_000, help="catalogue of the sampled-softmax row")
     ap.add_argument("--large-steps", type=int, default=10)
+    add_json_option(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = generate("collaborative", users=943, items=1682, length=51, feature_dim=384, seed=0)
@@ -105,10 +103,14 @@ def main() -> None:
 
     print(f"\n{args.threads} threads, {args.steps} steps of 128 sequences x 50 positions "
           f"({args.large_steps} for the {args.items:,}-item row)\n")
-    print("| comparison | ours ms/step | baseline ms/step | speed-up |")
-    print("| --- | --- | --- | --- |")
+    print(markdown_header(["comparison", "ours ms/step", "baseline ms/step", "speed-up"]))
     for name, ours, base in rows:
         print(f"| {name} | {ours * 1e3:.0f} | {base * 1e3:.0f} | {base / ours:.2f}x |")
+    if args.json is not None:
+        write_result(args.json, {"threads": args.threads, "steps": args.steps, "large_steps": args.large_steps,
+                                 "items": args.items, "rows": [{"comparison": name, "ours_ms": ours * 1e3,
+                                                                "baseline_ms": base * 1e3, "speedup": base / ours}
+                                                               for name, ours, base in rows]})
 
 
 if __name__ == "__main__":

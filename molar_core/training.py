@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from molar_core.data.sequences import pad_left
+from molar_core.distributed import ddp
 from molar_core.errors import TrainingError
 from molar_core.metrics import mean_metrics, per_user_metrics
 from molar_core.optim import AdamWLazyEmbeddings, sparse_parameters, weight_decay_groups
@@ -137,7 +138,16 @@ def fit(model: nn.Module, train_seqs: Windows, loss_fn: Callable, validate: Call
     state after every epoch is saved and a killed run continues from its last finished epoch, giving the same
     result as an uninterrupted one. `train_seqs` is a list of windows, or a function of the generator called
     at the start of every epoch for that epoch's windows (EpochWindows: a new random phase each epoch; called
-    with None for the cut that sizes the learning-rate schedule)."""
+    with None for the cut that sizes the learning-rate schedule).
+
+    Data-parallel (molar_core.distributed.ddp: torch.distributed initialised with a world size above 1): every
+    rank runs this same loop on the same windows and draws the same global batches; `loss_fn` gets the global
+    batch and (sasrec_loss, Molar.loss) computes its rank's share of it; gradients are all-reduced after
+    backward, so every rank takes the one-process step. Rank 0's weights, generator and torch RNG state are
+    broadcast at the start; rank 0 validates and broadcasts the metrics (the stop decision follows from them on
+    every rank); only rank 0 calls `progress` and writes the resume state, whose fingerprint gains the world
+    size (a run never resumes the state of another world size). Every rank ends with the same model."""
+    dp = ddp.current()
     if sparse_parameters(model):  # embedding tables with sparse gradients: lazy Adam on their rows
         opt = AdamWLazyEmbeddings(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
@@ -148,6 +158,14 @@ def fit(model: nn.Module, train_seqs: Windows, loss_fn: Callable, validate: Call
     device_type = next(model.parameters()).device.type
     windows_for = train_seqs if callable(train_seqs) else lambda _generator: train_seqs
     steps_per_epoch = math.ceil(len(windows_for(None)) / cfg.batch_size)  # the cut without a random phase
+    caller_resume = resume
+    if dp is not None:
+        dp.check_same("the number of training windows", len(windows_for(None)))
+        dp.check_same("the batch size", cfg.batch_size)
+        dp.broadcast_generator(generator)  # the same draws on every rank: batches, negatives, subsets
+        if resume is not None:  # a state of another world size is not resumed (dropout streams differ)
+            resume = copy.copy(resume)
+            resume.fingerprint = f"{resume.fingerprint}|world_size={dp.world_size}"
     total = steps_per_epoch * cfg.max_epochs
 
     if cfg.warmup_steps < 0:
@@ -157,6 +175,11 @@ def fit(model: nn.Module, train_seqs: Windows, loss_fn: Callable, validate: Call
                     best_state=None, average=None)
     if resume is not None:
         st = resume.load(model, opt, sched, generator) or st
+        if caller_resume is not resume:
+            caller_resume.resumed_from = resume.resumed_from
+    if dp is not None:
+        dp.check_same("the resumed epoch (is the resume directory shared by every rank?)", st.epoch)
+        dp.broadcast_module(model)
     average = WeightAverage(model, cfg.ema_decay, st.average) if cfg.ema_decay else None  # resumed, or fresh
     start = time.perf_counter() - st.seconds
     for epoch in range(st.epoch + 1, cfg.max_epochs + 1):
@@ -167,32 +190,42 @@ def fit(model: nn.Module, train_seqs: Windows, loss_fn: Callable, validate: Call
         seqs = windows_for(generator)  # a new cut each epoch when the windows have a random phase
         order = torch.randperm(len(seqs), generator=generator).tolist()
         sums: dict[str, float] = {}
-        for s in range(0, len(order), cfg.batch_size):
-            batch = [seqs[i] for i in order[s:s + cfg.batch_size]]
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                loss, parts = loss_fn(batch)
-            if not torch.isfinite(loss):  # stop here: NaN weights would rank every target first (NDCG 1)
-                raise TrainingError(f"{cfg.name}: the loss is {float(loss)} at epoch {epoch}, step "
-                                    f"{s // cfg.batch_size + 1} (parts {parts}): training diverged; lower the "
-                                    f"learning rate, or use precision fp32")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if average is not None:
-                average.update(model)
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
+        with dp.rank_rng(next(model.parameters()).device) if dp is not None else contextlib.nullcontext():
+            for s in range(0, len(order), cfg.batch_size):
+                batch = [seqs[i] for i in order[s:s + cfg.batch_size]]
+                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"), \
+                        dp.sharding() if dp is not None else contextlib.nullcontext():
+                    loss, parts = loss_fn(batch)
+                value = float(loss.detach()) if dp is None else None
+                if dp is not None:  # the global loss and parts (every rank raises alike below)
+                    value, parts = dp.reduce_parts(loss, parts)
+                if not math.isfinite(value):  # stop here: NaN weights would rank every target first (NDCG 1)
+                    raise TrainingError(f"{cfg.name}: the loss is {value} at epoch {epoch}, step "
+                                        f"{s // cfg.batch_size + 1} (parts {parts}): training diverged; lower the "
+                                        f"learning rate, or use precision fp32")
+                opt.zero_grad(set_to_none=True)
+                if dp is None or loss.requires_grad:
+                    loss.backward()
+                if dp is not None:
+                    dp.sync_gradients(model)
+                opt.step()
+                sched.step()
+                if average is not None:
+                    average.update(model)
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
         row = {"epoch": epoch, **{k: v / math.ceil(len(seqs) / cfg.batch_size) for k, v in sums.items()}}
         model.eval()
         metrics: dict[str, float] = {}
-        if validate is not None:
+        if validate is not None and (dp is None or dp.rank == 0):
             with torch.no_grad(), (average.applied(model) if average is not None else contextlib.nullcontext()):
                 metrics = validate()
+        if validate is not None and dp is not None:
+            metrics = dp.broadcast_object(metrics, next(model.parameters()).device)
         row.update({f"valid_{k}": v for k, v in metrics.items()})
         row["seconds"] = time.perf_counter() - t0
         st.curve.append(row)
-        if progress:
+        if progress and (dp is None or dp.rank == 0):
             progress(row)
         st.epoch = epoch
         if validate is None:
@@ -206,7 +239,8 @@ def fit(model: nn.Module, train_seqs: Windows, loss_fn: Callable, validate: Call
         if resume is not None:
             st.seconds = time.perf_counter() - start
             st.average = average.state if average is not None else None
-            resume.save(model, opt, sched, generator, st)
+            if dp is None or dp.rank == 0:
+                resume.save(model, opt, sched, generator, st)
     if st.best_state is not None:
         model.load_state_dict(st.best_state)
     elif average is not None:  # no validation: the average after the last epoch

@@ -172,6 +172,17 @@ DROPOUT = "Dropout rate of the embeddings and transformer blocks."
 LR = "Peak learning rate of AdamW."
 
 
+class DistributedParams(Section):
+    """Data-parallel training (molar_core.distributed.ddp): the stage relaunches itself under torchrun."""
+
+    world_size: int = Field(1, ge=1, description="Processes training one model, each on a slice of every batch "
+                            "(gradients equal one process's up to float summation order); 1: no data parallelism.")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto: nccl "
+                                                     "with CUDA, else gloo.")
+    max_restarts: int = Field(3, ge=0, description="torchrun restarts the group this often after a process dies; "
+                              "it resumes from the last finished epoch.")
+
+
 class UserModelParams(Section):
     """What every trained user model shares: its transformer, optimiser, early stopping and seed.
 
@@ -205,7 +216,10 @@ class UserModelParams(Section):
     min_epochs: int = Field(1, ge=1, description="Epochs trained before early stopping may end the run.")
     stop_window: int = Field(1, ge=1, description="Patience counts epochs since the best running mean of this many "
                              "validation values (1: the best value).")
-    threads: int = Field(0, ge=0, description="Torch threads; 0 = torch's default.")
+    threads: int = Field(0, ge=0, description="Torch threads; 0 = torch's default (divided among the "
+                         "processes of distributed.world_size).")
+    distributed: DistributedParams = Field(DistributedParams(), description="Data-parallel training on several "
+                                           "processes (torchrun).")
     device: str = Field("auto", description="auto | cpu | cuda (auto: cuda where torch sees a GPU).")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast training (faster where the "
                                                "CPU/GPU has bf16).")

@@ -28,7 +28,7 @@ from molar_core.training import FitResult, fit, seed_everything
 from pipeline import paths
 from pipeline.configs import fit_config
 from pipeline.console import console, print_error
-from pipeline.params import Params, UserModelParams, load_params
+from pipeline.params import DistributedParams, Params, UserModelParams, load_params
 from pipeline.readers import read_prepared, read_stats
 
 __all__ = ["console", "data_fingerprint", "epoch_progress", "fit_config", "params_from_argv", "read_prepared",
@@ -40,6 +40,66 @@ def params_from_argv(argv: list[str] | None = None) -> Params:
     """`python -m stages.X [params.yaml]`: validate the whole file before any work starts."""
     argv = sys.argv[1:] if argv is None else argv
     return load_params(argv[0] if argv else "params.yaml")
+
+
+def is_main_process() -> bool:
+    """True outside torch.distributed and on rank 0: the process that writes a training stage's outputs."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def process_threads(threads: int) -> int:
+    """Torch threads of one training process: `threads` (0: this machine's usable CPUs under torchrun, which
+    sets OMP_NUM_THREADS=1, else torch's default) shared among the processes of a data-parallel group."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return threads or torch.get_num_threads()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, (threads or cpus) // world)
+
+
+def train_processes(module: str, args: list[str], params: Params, d: DistributedParams,
+                    work: Callable[[], object]) -> None:
+    """Run a training stage's `work` in this process (world_size 1), or in `d.world_size` processes: the stage
+    relaunches itself under torchrun (`torch.distributed.run --standalone`, restarting the group up to
+    `d.max_restarts` times after a process dies: it resumes from the last finished epoch), with the validated
+    params written to a file, and each process joins the group (gloo, or nccl with CUDA) before `work`. Rank 0
+    writes every output, so dvc.yaml does not change."""
+    import os
+    import subprocess
+    import tempfile
+
+    import yaml
+
+    if d.world_size == 1:
+        work()
+        return
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # the launching process: start the group, wait for it
+        with tempfile.TemporaryDirectory(prefix="molar-ddp-") as tmp:
+            path = Path(tmp) / "params.yaml"
+            path.write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={d.world_size}",
+                   f"--max-restarts={d.max_restarts}", "-m", module, *args, str(path)]
+            code_root = str(Path(__file__).resolve().parents[1])  # where `stages` is, wherever the workspace is
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [code_root, os.environ.get("PYTHONPATH")]))}
+            code = subprocess.call(cmd, env=env)
+        if code != 0:
+            raise MolarError(f"{module}: the {d.world_size} training processes failed (exit code {code}; their "
+                             "output is above)")
+        return
+    import torch.distributed as dist
+
+    backend = d.backend if d.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend)
+    try:
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        work()
+    finally:
+        dist.destroy_process_group()
 
 
 def training_sequences(sequences: list[list[int]], p: UserModelParams) -> list[list[int]] | EpochWindows:
@@ -101,7 +161,11 @@ def train_items(stats: dict) -> int | None:
 
 @contextlib.contextmanager
 def epoch_progress(total: int) -> Iterator[Callable[[str], None]]:
-    """A progress bar over epochs (early stopping may end it before `total`); yields advance(status)."""
+    """A progress bar over epochs (early stopping may end it before `total`); yields advance(status). In a
+    data-parallel group only the first process shows one."""
+    if not is_main_process():
+        yield lambda status: None
+        return
     columns = [TextColumn("[bold]epoch {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
                TextColumn("{task.description}")]
     with Progress(*columns, console=console, transient=False) as bar:

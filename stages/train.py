@@ -28,11 +28,14 @@ from pipeline.readers import full_sequences, open_trained, read_prepared, read_s
 from stages.common import (
     data_fingerprint,
     epoch_progress,
+    is_main_process,
     params_from_argv,
+    process_threads,
     refit,
     run_main,
     summary,
     train_items,
+    train_processes,
     training_resume,
     training_sequences,
     training_summary,
@@ -47,8 +50,7 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
     ids, feats = load_item_embeddings(root / paths.EMBEDDINGS, items)
     if not torch.equal(ids.to(torch.int64), torch.arange(1, stats["items"] + 1)):
         raise ArtifactError(str(root / paths.EMBEDDINGS), "item ids do not match data/prepared", "dvc repro embed")
-    if p.threads:
-        torch.set_num_threads(p.threads)
+    torch.set_num_threads(process_threads(p.threads))
     gen = seed_everything(p.seed)
     device = pick_device(p.device)
     ccfg = content_config(p, stats["items"], feats.shape[1], train_items(stats))  # llm: dim is the LLM's width
@@ -93,6 +95,8 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
 
         model, refit_info, refit_resume = refit(build, test, p, result.best_epoch, root, name, f"train@{name}",
                                                 *settings)
+    if not is_main_process():  # a data-parallel group's other ranks: rank 0 holds the same model and writes it
+        return {}
     model.eval()
     user_ids = torch.tensor(train["user_id"].to_list())
     histories = {"train": train["items"].to_list(), "valid": vh, "test": test["history"].to_list(),
@@ -134,7 +138,8 @@ def main(params: Params | None = None, variant: str | None = None) -> None:
             raise SystemExit("usage: python -m stages.train VARIANT [params.yaml]")
         variant, *argv = sys.argv[1:]
     params = params or params_from_argv(argv)
-    run(variant, params.train_variant(variant), params.protocol)
+    p = params.train_variant(variant)
+    train_processes("stages.train", [variant], params, p.distributed, lambda: run(variant, p, params.protocol))
 
 
 if __name__ == "__main__":

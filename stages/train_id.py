@@ -20,11 +20,14 @@ from pipeline.readers import full_sequences, read_prepared, read_stats
 from stages.common import (
     data_fingerprint,
     epoch_progress,
+    is_main_process,
     params_from_argv,
+    process_threads,
     refit,
     run_main,
     summary,
     train_items,
+    train_processes,
     training_resume,
     training_sequences,
     training_summary,
@@ -37,8 +40,7 @@ MODEL = "sasrec"
 def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> dict:
     stats = read_stats(root)
     train, valid, test = (read_prepared(root, s) for s in ("train", "valid", "test"))
-    if p.threads:
-        torch.set_num_threads(p.threads)
+    torch.set_num_threads(process_threads(p.threads))
     gen = seed_everything(p.seed)
     device = pick_device(p.device)
     cfg = sasrec_config(p, stats["items"], train_items(stats))
@@ -68,6 +70,8 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
             return fresh, lambda b: sasrec_loss(fresh, b, p.loss, p.num_negatives, g)
 
         model, refit_info, refit_resume = refit(build, test, p, result.best_epoch, root, MODEL, "train_id", *settings)
+    if not is_main_process():  # a data-parallel group's other ranks: rank 0 holds the same model and writes it
+        return {}
     model.eval()
     user_ids = torch.tensor(train["user_id"].to_list())
     splits = {"train": encode_users(model.user_vectors, train["items"].to_list(), p.max_len, device),
@@ -107,7 +111,8 @@ def new_sasrec(cfg: SASRecConfig, p: TrainIdParams, device: torch.device) -> SAS
 def main(params: Params | None = None) -> None:
     """`python -m stages.train_id [params.yaml]`, or `molar` with params it has already validated."""
     params = params or params_from_argv()
-    run(params.train_id, params.protocol)
+    train_processes("stages.train_id", [], params, params.train_id.distributed,
+                    lambda: run(params.train_id, params.protocol))
 
 
 if __name__ == "__main__":

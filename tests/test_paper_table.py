@@ -5,18 +5,15 @@ zero-width bootstrap interval; one alternating around 0 has an interval containi
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench import paper_table, sweep  # noqa: E402
-from pipeline.params import ParamsError, load_params  # noqa: E402
+from bench import paper_table, sweep
+from bench.common import CONFIGS, bench_params
+from pipeline.params import ParamsError
 
 USERS = 200
 SHIFT = {0: 0.02, 1: 0.04}  # molar − content, per seed: pooled over the two seeds (same user count) 0.03
@@ -140,13 +137,13 @@ def test_verdict_follows_the_papers_sign():
     assert paper_table.verdict(0.0, 0.02, 1.0) == "not resolved"
 
 
-@pytest.mark.parametrize("params", [REPO / "params.yaml", REPO / "bench" / "amazon_scientific.yaml"])
-def test_paper_arms_validate(params):
-    """The arms the table reads are valid variants of both params files (the schema refuses some combinations,
-    such as a temperature written for rec_loss bce)."""
+@pytest.mark.parametrize("config", [None, CONFIGS / "amazon_scientific.yaml"])
+def test_paper_arms_validate(config):
+    """The arms the table reads are valid variants of params.yaml and of its Amazon override (the schema refuses
+    some combinations, such as a temperature written for rec_loss bce)."""
     arms = {n: sweep.VARIANTS[n] for n in ("molar_direct", "molar_joint", "content_bce", "molar_bce")}
-    got = load_params(params, overrides={"train_variants": arms})
+    got = bench_params(config=config, extra={"train_variants": arms})
     assert not got.train_variant("molar_direct").align_head and got.train_variant("molar_joint").joint
     assert got.train_variant("molar_bce").rec_loss == "bce" and got.train_variant("molar_bce").align_alpha == 0.5
     with pytest.raises(ParamsError, match="temperature"):
-        load_params(params, overrides={"train_variants": {"bad": {**arms["content_bce"], "temperature": 0.1}}})
+        bench_params(config=config, extra={"train_variants": {"bad": {**arms["content_bce"], "temperature": 0.1}}})

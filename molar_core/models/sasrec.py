@@ -68,23 +68,34 @@ class SASRec(nn.Module):
 
 def sasrec_loss(model: SASRec, seqs: list[list[int]], loss: str = "ce", num_negatives: int = 256,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Next-item loss at every real position of a batch of training sequences."""
+    """Next-item loss at every real position of a batch of training sequences.
+
+    Inside a data-parallel training step (molar_core.distributed.ddp.active()), `seqs` is the global batch and
+    the result is this rank's share: the loss summed over the rank's rows (DataParallel.rows) divided by the
+    global batch's count of positions; the ranks' shares add up to the one-process loss (the sampled negatives
+    are one draw per call, the same on every rank)."""
     from molar_core.data.sequences import next_item_pairs
+    from molar_core.distributed.ddp import active
     from molar_core.losses import full_softmax_ce, sampled_softmax_ce
 
     device = model.item_emb.weight.device
     inputs, targets = next_item_pairs(seqs, model.cfg.max_len)
+    total = None
+    if (dp := active()) is not None:  # the global batch's pairs (one width on every rank), this rank's rows
+        total = int((targets > 0).sum())
+        start, stop = dp.rows(len(seqs))
+        inputs, targets = inputs[start:stop], targets[start:stop]
     inputs, targets = inputs.to(device), targets.to(device)
     h = model.hidden(inputs)
     real = targets > 0
     h, t = h[real], targets[real]
     n = model.cfg.catalogue
     if loss == "ce":
-        value = full_softmax_ce(h, model.item_vectors()[:n], t)
+        value = full_softmax_ce(h, model.item_vectors()[:n], t, total=total)
     else:
         # a sparse item table (train_id.sparse_item_updates) is read row by row, so its gradient stays sparse
         table = model.item_emb if model.item_emb.sparse else model.item_vectors()[:n]
-        value = sampled_softmax_ce(h, table, t, num_negatives, generator, n)
+        value = sampled_softmax_ce(h, table, t, num_negatives, generator, n, total=total)
     return value, {"loss": float(value.detach())}
 
 
