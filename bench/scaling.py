@@ -75,6 +75,31 @@ def bench_embed(workers: list[int], n: int) -> list[dict]:
     return rows
 
 
+def driver_commit_rate(shards: int = 20, shard_size: int = 4096, dim: int = 1536) -> dict:
+    """Items per second the embed driver can commit (shard write with its sha256, manifest rewrite, fsync-free
+    atomic renames) for a 2B-class encoder's width: the ceiling of `embed.engine: ray` however many actors
+    encode. Vectors are random; only the writing is timed."""
+    import numpy as np
+
+    from molar_core.store.cache import EmbeddingCache
+
+    g = torch.Generator().manual_seed(0)
+    vec = torch.randn(shard_size, dim, generator=g)
+    used = torch.zeros(shard_size, dtype=torch.uint8)
+    root = Path(tempfile.mkdtemp()) / "embeddings"
+    try:
+        with EmbeddingCache(root, {"encoder": "bench", "dim": dim}, shard_size) as cache:
+            t0 = time.perf_counter()
+            for s in range(shards):
+                cache.add(vec, [f"{s:08d}{i:056d}" for i in range(shard_size)], used)
+            seconds = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(root.parent)
+    per_shard = np.float64(seconds) / shards
+    return {"stage": "embed driver commit", "shards": shards, "shard_size": shard_size, "dim": dim,
+            "seconds_per_shard": float(per_shard), "items_per_s": float(shard_size / per_shard)}
+
+
 def bench_evaluate(workers: list[int], users: int, catalogue: int) -> list[dict]:
     from molar_core.ranking import sharded_target_ranks
 
@@ -116,6 +141,11 @@ def main() -> None:
         r["efficiency"] = t1 / (r["workers"] * r["seconds"])
         print(f"| {r['stage']} | {r['workers']} | {r['seconds']:.2f} | {t1 / r['seconds']:.2f}x | "
               f"{r['efficiency']:.2f} | {'yes' if r['same_output'] else 'NO'} |")
+    if "embed" in args.stages:
+        commit = driver_commit_rate()
+        print(f"\nembed driver: {commit['seconds_per_shard']:.3f} s to commit a shard of {commit['shard_size']:,} "
+              f"x {commit['dim']} vectors, a ceiling of {commit['items_per_s']:,.0f} items/s whatever the actors")
+        rows.append(commit)
     if args.json:
         write_result(args.json, {"rows": rows, "args": {k: v if not isinstance(v, Path) else str(v)
                                                           for k, v in vars(args).items()}})

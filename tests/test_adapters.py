@@ -14,8 +14,7 @@ from molar_core.data.movielens import GENRES, load_movielens
 from molar_core.data.recbole_atomic import load_recbole_atomic
 from molar_core.data.table import TableMapping, load_table
 from molar_core.errors import DataError
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+from tests.conftest import AMAZON_SCI
 
 
 def write(path: Path, text: str | bytes, encoding: str = "utf-8") -> Path:
@@ -190,9 +189,8 @@ def test_recbole_duplicate_item_id(tmp_path):
     assert err.value.row == 4
 
 
-@pytest.mark.skipif(not (SHARED / "ml-100k").exists(), reason="needs ../shared/datasets/ml-100k")
-def test_recbole_real_ml100k():
-    raw = load_recbole_atomic(SHARED / "ml-100k")
+def test_recbole_real_ml100k(ml100k):
+    raw = load_recbole_atomic(ml100k)
     inter = raw.interactions
     assert (inter.height, inter["user"].n_unique(), raw.items.height) == (100_000, 943, 1_682)
     assert inter.row(0) == ("196", "242", 881250949.0, 3.0, 2)
@@ -445,9 +443,9 @@ def test_table_missing_id_value_and_duplicate_item(tmp_path):
     assert (err.value.file, err.value.row) == (str(items), 4)
 
 
-@pytest.mark.skipif(not (SHARED / "amazon-scientific").exists(), reason="needs ../shared/datasets/amazon-scientific")
+@pytest.mark.skipif(not AMAZON_SCI.exists(), reason=f"needs {AMAZON_SCI} (only in ../shared/datasets; not on PyPI)")
 def test_table_real_amazon_scientific():
-    d = SHARED / "amazon-scientific"
+    d = AMAZON_SCI
     mapping = TableMapping("user_id", "item_id", time_col="position", text_cols=["text"])
     raw = load_table(d / "interactions.csv", d / "items.csv", mapping)
     inter = raw.interactions

@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from tests.conftest import ML100K
+from tests.conftest import poster_images
 
 runner = CliRunner()
 
@@ -50,7 +50,7 @@ def test_inspect_before_prepare_says_which_command_makes_it(tmp_path):
 def test_prepare_then_inspect_a_user(ml_small, tmp_path, monkeypatch):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"prepare": {"source": "recbole_atomic", "path": str(ml_small),
-                                                  "images": {"dir": str(ML100K / "posters")}}}))
+                                                  "images": poster_images()}}))
     monkeypatch.chdir(tmp_path)
     res = runner.invoke(app, ["prepare", "--params", str(params)])
     assert res.exit_code == 0, res.output

@@ -23,9 +23,10 @@ from pipeline import paths
 from pipeline.configs import encoder_config
 from pipeline.params import EmbedParams
 from stages.embed import PAUSE_ENV, run
+from tests.conftest import ML100K_POSTERS
 
 REPO = Path(__file__).resolve().parents[1]
-POSTERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k" / "posters"
+POSTERS = ML100K_POSTERS  # ../shared/datasets/ml-100k/posters (MOLAR_SHARED_DATASETS overrides)
 TITLES = ["Toy Story", "GoldenEye", "Four Rooms", "Get Shorty", "Copycat", "Shanghai Triad", "Twelve Monkeys",
           "Babe", "Dead Man Walking", "Richard III", "Seven", "Usual Suspects, The"]
 

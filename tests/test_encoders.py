@@ -17,8 +17,8 @@ from molar_core.encoders.backends import choose_backend, vllm_unavailable_reason
 from molar_core.encoders.base import model_fingerprint, pool
 from molar_core.encoders.images import load_image
 from molar_core.encoders.tiny import build_tiny_qwen2vl
+from tests.conftest import needs_posters
 
-POSTERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k" / "posters"
 TEXTS = ["Title: Toy Story. Release year: 1995. Class: Animation, Children's, Comedy",
          "Title: GoldenEye. Release year: 1995. Class: Action, Adventure, Thriller",
          "Title: Four Rooms",
@@ -26,7 +26,7 @@ TEXTS = ["Title: Toy Story. Release year: 1995. Class: Animation, Children's, Co
 
 
 def poster(i: int) -> str:
-    p = POSTERS / f"{i}.jpg"
+    p = needs_posters() / f"{i}.jpg"
     if not p.exists():
         pytest.skip(f"{p} not present")
     return str(p)

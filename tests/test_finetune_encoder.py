@@ -21,6 +21,7 @@ from molar_core.finetune.objectives import ItemViews, contrastive_loss, generati
 from molar_core.training import FitConfig
 from pipeline import paths
 from pipeline.params import ParamsError, parse_params
+from tests.conftest import ML100K_POSTERS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -210,7 +211,8 @@ EMBED = {"encoder": "mllm", "model": "artifacts/encoder", "backend": "transforme
 
 @pytest.fixture(scope="module")
 def finetuned(small_workspace, tmp_path_factory) -> Path:
-    """The small ML-100K workspace (posters) after finetune_encoder (scratch, 2 epochs) and an embed with it."""
+    """The small ML-100K workspace (posters where the shared copy has them) after finetune_encoder (scratch,
+    2 epochs) and an embed with it."""
     import shutil
 
     from stages import embed, finetune_encoder as stage
@@ -232,7 +234,8 @@ def test_stage_writes_a_model_dir_embed_loads_and_records_what_it_did(finetuned)
     assert it["available"] + it["skipped"].get("no_image", 0) == items  # every item accounted for
     assert (finetuned / "plots/finetune_encoder/curve.csv").read_text().count("\n") == 3
     emb = json.loads((finetuned / "metrics/embed.json").read_text())
-    assert emb["embedded"] == items and emb["encode_counts"]["image_used"] > 0
+    assert emb["embedded"] == items
+    assert (emb["encode_counts"]["image_used"] > 0) == ML100K_POSTERS.is_dir()  # text-only without the posters
     tok = json.loads((finetuned / paths.ENCODER / "tokenizer.json").read_text())
     assert "Title" in "".join(tok["model"]["vocab"])  # the tokenizer was trained on the dataset's text
 

@@ -18,10 +18,9 @@ import pytest
 from pipeline import paths
 from pipeline.params import PrepareParams
 from stages.prepare import run
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # /work/shared/datasets beside the repo
-ML = SHARED / "ml-100k"
-AMAZON = SHARED / "amazon-scientific"
+from tests.conftest import AMAZON_SCI as AMAZON  # ../shared/datasets/... (MOLAR_SHARED_DATASETS overrides)
+from tests.conftest import ML100K as ML
+from tests.conftest import ML100K_POSTERS
 
 SCHEMAS = {
     "items": {"item_id": pl.Int32, "raw_item_id": pl.String, "title": pl.String, "text": pl.String,
@@ -81,7 +80,8 @@ def run_twice_identical(p: PrepareParams, root: Path) -> tuple[dict, dict]:
     return stats, stats2
 
 
-@pytest.mark.skipif(not ML.exists(), reason="needs ../shared/datasets/ml-100k")
+@pytest.mark.skipif(not ML100K_POSTERS.is_dir(),
+                    reason=f"needs ML-100K with its posters in {ML} (posters only in ../shared/datasets; not on PyPI)")
 def test_prepare_ml100k_recbole_atomic_with_posters(tmp_path):
     p = PrepareParams(source="recbole_atomic", path=str(ML), images={"dir": str(ML / "posters")})
     returned, _ = run_twice_identical(p, tmp_path)
@@ -130,7 +130,7 @@ def test_prepare_ml100k_recbole_atomic_with_posters(tmp_path):
     check_consistency(frames, stats)
 
 
-@pytest.mark.skipif(not AMAZON.exists(), reason="needs ../shared/datasets/amazon-scientific")
+@pytest.mark.skipif(not AMAZON.exists(), reason=f"needs {AMAZON} (only in ../shared/datasets; not on PyPI)")
 def test_prepare_amazon_scientific_table(tmp_path):
     p = PrepareParams(
         source="table",

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from molar_core.index import build_index, save_index
 from molar_core.vectors import load_item_vectors, load_user_vectors
 from pipeline.cli import app
+from tests.conftest import ML100K_POSTERS
 
 runner = CliRunner()
 
@@ -175,7 +176,10 @@ def test_report_is_self_contained(small_workspace, tmp_path):
     for model in ("sasrec", "content", "molar"):
         assert f"{metrics[model]['test']['ndcg@10']:.4f}" in page
     assert page.count('class="user"') == 3 and page.count("<svg") == 4
-    assert "data:image/jpeg;base64," in page
+    if ML100K_POSTERS.is_dir():  # posters inlined; without them (clean clone: text-only items) a placeholder
+        assert "data:image/jpeg;base64," in page
+    else:
+        assert "data:image/" not in page and 'class="noimg"' in page
     for remote in ('src="http', "href=\"http", "<script src", "<link "):
         assert remote not in page
 
@@ -214,6 +218,7 @@ def test_report_renders_in_headless_chromium(small_workspace, tmp_path):
     check = render(out, shot)
     assert check.title == "molar report"
     assert check.console_errors == [] and check.failed_requests == []
-    assert check.images > 20 and check.broken_images == []
+    assert check.broken_images == []
+    assert check.images > 20 if ML100K_POSTERS.is_dir() else check.images == 0  # no posters: text-only items
     with Image.open(shot) as im:
         assert im.width == 1280 and im.height > 1500
