@@ -1,8 +1,8 @@
 """Cold-start table: test NDCG@10 and Recall@10 on warm and on cold targets of popularity, SASRec, the content
 model, Molar and the hybrid model, over seeds, on ML-100K and Amazon-Scientific.
 
-    python -m bench.cold_start --dataset ml-100k --out /tmp/cold-ml100k --seeds 0 1 2 --jobs 2
-    python -m bench.cold_start --dataset amazon-scientific --out /tmp/cold-amazon --seeds 0 1 2 --jobs 2
+    python -m bench.cold_start --dataset ml-100k amazon-scientific --out /tmp/cold --seeds 0 1 2 --jobs 2
+    python -m bench.cold_start --dataset ml-100k --out /tmp/cold-ml100k   # one dataset
     python -m bench.cold_start --report /tmp/cold-ml100k /tmp/cold-amazon --json cold_start.json
 
 Run from the repository root (the datasets are read from ../shared/datasets). Each dataset is prepared once with
@@ -49,9 +49,9 @@ def evaluate_seed(ws: Path) -> dict:
     return evaluate.run(EvaluateParams(models=MODELS), params.protocol, ws)
 
 
-def run(dataset: str, args) -> None:
+def run(dataset: str, out: Path, args) -> None:
     config, sets = DATASETS[dataset]
-    ns = argparse.Namespace(out=args.out, params=PARAMS, config=config and ROOT / config, seeds=args.seeds,
+    ns = argparse.Namespace(out=out, params=PARAMS, config=config and ROOT / config, seeds=args.seeds,
                             variants=VARIANTS,
                             first_seed_variants=[], jobs=args.jobs, workspace=None,
                             set=[*sets, f"prepare.cold_items.fraction={args.fraction}",
@@ -59,8 +59,8 @@ def run(dataset: str, args) -> None:
     ns.workspace = sweep.base_workspace(ns)
     sweep.run(ns)
     for s in args.seeds:
-        evaluate_seed(args.out / f"seed{s}")
-    write_json_atomic(args.out / "dataset.json", {"dataset": dataset, "params": "params.yaml", "config": config,
+        evaluate_seed(out / f"seed{s}")
+    write_json_atomic(out / "dataset.json", {"dataset": dataset, "params": "params.yaml", "config": config,
                                                   "set": ns.set})
 
 
@@ -121,8 +121,10 @@ def report(folders: list[Path], json_out: Path | None) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", choices=list(DATASETS))
-    ap.add_argument("--out", type=Path, help="the dataset's bench folder (base/ and seedS/ workspaces)")
+    ap.add_argument("--dataset", nargs="+", choices=list(DATASETS), help="one or more: each runs in OUT/NAME "
+                    "when several are given")
+    ap.add_argument("--out", type=Path, help="the bench folder (base/ and seedS/ workspaces; OUT/NAME/ for each "
+                    "of several datasets)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=2, help="training processes at a time")
     ap.add_argument("--fraction", type=float, default=0.2, help="prepare.cold_items.fraction")
@@ -136,8 +138,10 @@ def main() -> None:
         return
     if not (args.dataset and args.out):
         ap.error("--dataset and --out are needed to run")
-    run(args.dataset, args)
-    report([args.out], args.json or args.out / "cold_start.json")
+    outs = [args.out] if len(args.dataset) == 1 else [args.out / name for name in args.dataset]
+    for name, out in zip(args.dataset, outs):
+        run(name, out, args)
+    report(outs, args.json or args.out / "cold_start.json")
 
 
 if __name__ == "__main__":

@@ -438,6 +438,8 @@ class RayPoolParams(Section):
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs Ray reserves per actor (1 on GPU machines).")
     max_restarts: int = Field(3, ge=0, description="An actor killed mid-window is restarted this often and the "
                               "window retried.")
+    spread: bool = Field(True, description="Place the actors on as many nodes as possible (Ray's SPREAD) rather "
+                         "than packing them onto the first.")
 
 
 class RuntimeParams(Section):

@@ -85,12 +85,17 @@ def test_an_actor_killed_mid_run_is_restarted_and_the_cache_is_unchanged(tmp_pat
 def test_unreachable_head_fails_fast_naming_the_address(monkeypatch):
     import time
 
+    from molar_core.distributed import ray_cluster
     from molar_core.distributed.ray_cluster import RayConnection, connect, resolve_address
     from molar_core.errors import MolarError
 
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh stage process
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail(f"ray.init reached: {kw}"))
     start = time.monotonic()
     with pytest.raises(MolarError, match="127.0.0.1:9"):
         connect(RayConnection(address="127.0.0.1:9", connect_timeout_s=2))
+    with pytest.raises(MolarError, match="host:port"):
+        ray_cluster.probe("no-port", 2)
     assert time.monotonic() - start < 10
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr("molar_core.distributed.ray_cluster.CURRENT_CLUSTER", pytest.importorskip("pathlib").Path(
@@ -99,3 +104,46 @@ def test_unreachable_head_fails_fast_naming_the_address(monkeypatch):
         resolve_address("auto")
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     assert resolve_address("auto") == "10.0.0.5:6379"
+
+
+def test_the_driver_killed_after_a_shard_reruns_only_what_was_not_committed(tmp_path):
+    """SIGKILL the stage (the driver, with its private Ray) after its first shard, rerun it with the engine:
+    only the uncommitted items are encoded again and the cache is the uninterrupted one's."""
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from molar_core.store import read_manifest
+    from stages.embed import PAUSE_ENV
+    from tests.test_embed_stage import REPO
+
+    params = {"encoder": "mllm", "model": "tiny", "shard_size": 4, "batch_size": 2, "threads": 1,
+              "engine": "ray", "ray": {"actors": 2}}
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    for root in (killed, clean):
+        write_items(root, TITLES[:10], with_images=False)
+        (root / "params.yaml").write_text(yaml.safe_dump({"embed": params, "runtime": {"num_cpus": 2}}))
+    env = {**os.environ, PAUSE_ENV: "60", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "stages.embed", "params.yaml"], cwd=killed, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    store = killed / "artifacts/embeddings"
+    try:
+        deadline = time.monotonic() + 240
+        while not ((store / "manifest.json").exists() and read_manifest(store).shards):
+            assert proc.poll() is None and time.monotonic() < deadline, "no shard was committed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [e.file for e in read_manifest(store).shards] == ["shard-00000.safetensors"]
+    env.pop(PAUSE_ENV)
+    for root in (killed, clean):
+        out = subprocess.run([sys.executable, "-m", "stages.embed", "params.yaml"], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    metrics = yaml.safe_load((killed / "metrics/embed.json").read_text())
+    assert (metrics["embedded"], metrics["reused"]) == (6, 4)  # the committed shard's 4 items were kept
+    assert files(killed) == files(clean)

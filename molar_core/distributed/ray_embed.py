@@ -26,6 +26,7 @@ class ActorPoolConfig:
     cpus_per_actor: float = 1.0  # Ray's CPU claim per actor (also its torch threads, at least 1)
     gpus_per_actor: float = 0.0  # 1 on GPU machines: one actor per device
     max_restarts: int = 3  # an actor killed mid-window is restarted this often, and the window retried
+    spread: bool = True  # place the actors on as many nodes as possible (Ray's SPREAD) rather than packing them
 
 
 class _EncoderActor:
@@ -42,8 +43,11 @@ class _EncoderActor:
         import socket
 
         e = self.encoder
+        import ray
+
         return {"settings": e.settings(), "name": e.name, "dim": e.dim, "runtime": e.runtime(),
-                "backend_note": e.backend_note, "host": socket.gethostname(), "pid": os.getpid()}
+                "backend_note": e.backend_note, "host": socket.gethostname(), "pid": os.getpid(),
+                "node": ray.get_runtime_context().get_node_id()}
 
     def encode(self, texts: list[str], images: list[str | None]) -> tuple[np.ndarray, np.ndarray, dict]:
         before = EncodeCounts(**{**asdict(self.encoder.counts)})
@@ -69,7 +73,8 @@ class RayPoolEncoder(ItemEncoder):
         if pool.actors < 1:
             raise MolarError(f"embed.ray.actors must be >= 1, got {pool.actors}")
         remote = ray.remote(num_cpus=pool.cpus_per_actor, num_gpus=pool.gpus_per_actor,
-                            max_restarts=pool.max_restarts, max_task_retries=pool.max_restarts)(_EncoderActor)
+                            max_restarts=pool.max_restarts, max_task_retries=pool.max_restarts,
+                            scheduling_strategy="SPREAD" if pool.spread else "DEFAULT")(_EncoderActor)
         threads = int(cfg.threads or max(1, round(pool.cpus_per_actor)))
         self.handles = [remote.remote(asdict(cfg), threads) for _ in range(pool.actors)]
         info = ray.get([h.describe.remote() for h in self.handles])
@@ -90,6 +95,7 @@ class RayPoolEncoder(ItemEncoder):
 
     def runtime(self) -> dict:
         return {"engine": "ray", "actors": len(self.handles), "hosts": sorted({i["host"] for i in self.info}),
+                "nodes": len({i["node"] for i in self.info}),
                 "cpus_per_actor": self.pool_cfg.cpus_per_actor, "gpus_per_actor": self.pool_cfg.gpus_per_actor,
                 "actor_runtime": self.info[0]["runtime"]}
 
