@@ -26,10 +26,12 @@ import torch
 
 from bench.common import add_json_option, add_params_options, bench_params, write_result
 from molar_core.io import read_json
+from molar_core.models.build import build_sasrec
 from molar_core.models.sasrec import sasrec_loss
 from molar_core.training import encode_users, fit, ranking_metrics, seed_everything
-from stages.common import fit_config, read_prepared, read_stats, training_sequences
-from stages.train_id import new_sasrec, sasrec_config
+from pipeline.configs import fit_config, sasrec_config
+from pipeline.readers import read_prepared, read_stats
+from stages.common import training_sequences
 
 
 def epoch_curve(ws: Path, params, seed: int, epochs: int) -> list[float]:
@@ -38,7 +40,7 @@ def epoch_curve(ws: Path, params, seed: int, epochs: int) -> list[float]:
     torch.set_num_threads(p.threads or torch.get_num_threads())
     stats, test = read_stats(ws), read_prepared(ws, "test")
     gen = seed_everything(seed)  # as stages.common.refit seeds the fresh model
-    model = new_sasrec(sasrec_config(p, stats["items"]), p, torch.device("cpu"))  # as train_id builds it
+    model = build_sasrec(sasrec_config(p, stats["items"]), p.sparse_item_updates, torch.device("cpu"))  # as train_id
     th, tt = test["history"].to_list(), test["target"].to_list()
 
     def test_metrics() -> dict:

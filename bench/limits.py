@@ -31,7 +31,7 @@ from molar_core.encoders import EncoderConfig, build_encoder
 from molar_core.index import blas_batch, build_index, search_masked
 from molar_core.models.sasrec import SASRec, sasrec_loss
 from pipeline.params import Params
-from stages.train_id import sasrec_config
+from pipeline.configs import sasrec_config
 
 TARGETS = {"embed": 0.40, "train": 0.15}
 

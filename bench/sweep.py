@@ -43,7 +43,7 @@ from molar_core.io import read_json
 from molar_core.metrics import paired_bootstrap, per_user_metrics, t_interval
 from molar_core.ranking import target_ranks
 from pipeline.params import load_params
-from stages.common import read_prepared
+from pipeline.readers import read_prepared
 
 VARIANTS = {  # name -> overrides of the `train` section
     "content": {"align_alpha": 0.0},

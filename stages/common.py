@@ -1,7 +1,7 @@
 """What every stage shares: loading params, its training loop plumbing, printing its one-line summary.
 
-The workspace readers (prepared tables, stats, trained models) are pipeline.readers'; read_prepared, read_stats and
-fit_config are importable from here too.
+The workspace readers (prepared tables, stats, trained models) are pipeline.readers', the params-to-config
+functions pipeline.configs'.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ from pipeline import paths
 from pipeline.configs import fit_config
 from pipeline.console import console, print_error
 from pipeline.params import DistributedParams, Params, UserModelParams, load_params
-from pipeline.readers import read_prepared, read_stats
 
-__all__ = ["console", "data_fingerprint", "epoch_progress", "fit_config", "params_from_argv", "read_prepared",
-           "read_stats", "refit", "run_main", "summary", "train_items", "training_resume", "training_sequences",
+__all__ = ["console", "data_fingerprint", "epoch_progress", "is_main_process", "params_from_argv", "process_threads",
+           "refit", "run_main", "summary", "train_items", "train_processes", "training_resume", "training_sequences",
            "training_summary", "write_curve"]
 
 

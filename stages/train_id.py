@@ -10,7 +10,7 @@ import torch
 from molar_core.checkpoint import CHECKPOINT_FORMAT, write_checkpoint
 from molar_core.io import runtime_info, write_json_atomic
 from molar_core.models.build import build_sasrec
-from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
+from molar_core.models.sasrec import SASRec, sasrec_loss
 from molar_core.training import encode_users, fit, pick_device, ranking_metrics, seed_everything
 from molar_core.vectors import USER_VECTORS_DOC
 from pipeline import paths
@@ -101,11 +101,6 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     write_json_atomic(root / paths.METRICS_DIR / "train_id.json", metrics)
     summary("train_id", f"SASRec {line} on {device}")
     return config
-
-
-def new_sasrec(cfg: SASRecConfig, p: TrainIdParams, device: torch.device) -> SASRec:
-    """The model `run` trains (molar_core.models.build.build_sasrec with this section's sparse_item_updates)."""
-    return build_sasrec(cfg, p.sparse_item_updates, device)
 
 
 def main(params: Params | None = None) -> None:
