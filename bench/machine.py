@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from molar_core.io import usable_cpus
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,7 +29,7 @@ def describe() -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cpus()
     info = {"cpu": cpu, "cpus": os.cpu_count(), "cpus_usable": usable, "os": platform.platform(),
             "python": sys.version.split()[0], "torch": torch.__version__}
     if torch.cuda.is_available():

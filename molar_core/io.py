@@ -130,6 +130,11 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def runtime_info(seed: int | None = None) -> dict:
     """Versions of what produced an artifact, recorded in its metadata for reproducibility (FAISS is read from
     the package metadata, so stages that do not search run where it is not installed)."""

@@ -79,10 +79,11 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
     users), results concatenated in user order. Slices are cut at multiples of the user chunk, so every block of
     scores is the same matrix product as in one process and the ranks are identical, not merely close. Each
     worker runs torch with cores // workers threads."""
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
     import torch.multiprocessing as tmp
+
+    from molar_core.io import usable_cpus
 
     chunk = user_chunk(items.shape[0], chunk)
     blocks = -(-len(users) // chunk)
@@ -90,8 +91,7 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
         return target_ranks(users, items, histories, targets, chunk)
     per = -(-blocks // workers) * chunk  # users per worker: whole chunks
     cuts = list(range(0, len(users), per))
-    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-                  // len(cuts))
+    threads = max(1, usable_cpus() // len(cuts))
     jobs = [(users[s:s + per], items, histories[s:s + per] if histories is not None else None,
              targets[s:s + per], chunk, threads) for s in cuts]
     with ProcessPoolExecutor(len(jobs), mp_context=tmp.get_context("spawn")) as pool:

@@ -22,7 +22,7 @@ from torch import nn
 
 from molar_core.data.sequences import EpochWindows, training_windows
 from molar_core.errors import MolarError
-from molar_core.io import sha256_file, write_bytes_atomic
+from molar_core.io import sha256_file, usable_cpus, write_bytes_atomic
 from molar_core.resume import TrainingResume
 from molar_core.training import FitResult, fit, seed_everything
 from pipeline import paths
@@ -56,8 +56,7 @@ def process_threads(threads: int) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return threads or torch.get_num_threads()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, (threads or cpus) // world)
+    return max(1, (threads or usable_cpus()) // world)
 
 
 def train_processes(module: str, args: list[str], params: Params, d: DistributedParams,

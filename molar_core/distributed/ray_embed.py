@@ -42,25 +42,18 @@ class _EncoderActor:
         import os
         import socket
 
-        e = self.encoder
         import ray
 
+        e = self.encoder
         return {"settings": e.settings(), "name": e.name, "dim": e.dim, "runtime": e.runtime(),
                 "backend_note": e.backend_note, "host": socket.gethostname(), "pid": os.getpid(),
                 "node": ray.get_runtime_context().get_node_id()}
 
-    def encode(self, texts: list[str], images: list[str | None]) -> tuple[np.ndarray, np.ndarray, dict]:
-        before = EncodeCounts(**{**asdict(self.encoder.counts)})
+    def encode(self, texts: list[str], images: list[str | None]) -> tuple[np.ndarray, np.ndarray, EncodeCounts]:
+        """Vectors, image-used flags and the counts of this window alone (the driver adds them up)."""
+        self.encoder.counts = EncodeCounts()
         vec = self.encoder.encode(texts, images)
-        return vec.numpy(), np.asarray(self.encoder.last_image_used, dtype=np.uint8), _delta(self.encoder.counts,
-                                                                                             before)
-
-
-def _delta(after: EncodeCounts, before: EncodeCounts) -> dict:
-    return {"items": after.items - before.items, "image_used": after.image_used - before.image_used,
-            "text_only": after.text_only - before.text_only, "truncated": after.truncated - before.truncated,
-            "image_rejected": dict(after.image_rejected - before.image_rejected),
-            "image_converted": dict(after.image_converted - before.image_converted)}
+        return vec.numpy(), np.asarray(self.encoder.last_image_used, dtype=np.uint8), self.encoder.counts
 
 
 class RayPoolEncoder(ItemEncoder):
@@ -99,15 +92,6 @@ class RayPoolEncoder(ItemEncoder):
                 "cpus_per_actor": self.pool_cfg.cpus_per_actor, "gpus_per_actor": self.pool_cfg.gpus_per_actor,
                 "actor_runtime": self.info[0]["runtime"]}
 
-    def _add(self, counts: dict) -> None:
-        c = self.counts
-        c.items += counts["items"]
-        c.image_used += counts["image_used"]
-        c.text_only += counts["text_only"]
-        c.truncated += counts["truncated"]
-        c.image_rejected.update(counts["image_rejected"])
-        c.image_converted.update(counts["image_converted"])
-
     def encode(self, texts: list[str], image_paths: list[str | None]) -> torch.Tensor:
         batch = pl.DataFrame({"text": texts, "image_path": image_paths}, schema={"text": pl.String,
                                                                                 "image_path": pl.String})
@@ -128,7 +112,7 @@ class RayPoolEncoder(ItemEncoder):
 
         def receive() -> tuple[pl.DataFrame, torch.Tensor, torch.Tensor]:
             vec, used, counts = pool.get_next()  # in submission order
-            self._add(counts)
+            self.counts.add(counts)
             return queued.pop(0), torch.from_numpy(vec.copy()), torch.from_numpy(used.copy()).reshape(-1)
 
         for batch in windows:

@@ -11,7 +11,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -65,6 +65,15 @@ class EncodeCounts:
         return {"items": self.items, "image_used": self.image_used, "text_only": self.text_only,
                 "image_rejected": dict(sorted(self.image_rejected.items())),
                 "image_converted": dict(sorted(self.image_converted.items())), "truncated": self.truncated}
+
+    def add(self, other: EncodeCounts) -> None:
+        """Fold in the counts of another encoder's work (an actor of a pool): every field, whatever it holds."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Counter):
+                value.update(getattr(other, f.name))
+            else:
+                setattr(self, f.name, value + getattr(other, f.name))
 
     @property
     def without_image(self) -> int:
