@@ -97,23 +97,32 @@ def collect(folder: Path) -> dict:
     return out
 
 
-def report(folders: list[Path], json_out: Path | None) -> list[dict]:
-    results = [collect(f) for f in folders]
-    for r in results:
+def markdown(result: dict) -> str:
+    """The tables of a `{"results": [collect(folder), ...]}` result, one heading line and two tables per dataset
+    (what the script prints, and what docs/results.md renders from bench/results/cold_start.json)."""
+    lines = []
+    for r in result["results"]:
         c = r["cold_items"]
         name = r["dataset"]["dataset"] if isinstance(r["dataset"], dict) else r["dataset"]
-        print(f"\n{name}: {c['items']:,} cold items ({c['by']}, fraction {c['fraction']}), test users "
-              f"{c['test_users']['warm']:,} warm / {c['test_users']['cold']:,} cold; seeds {r['seeds']}\n")
-        print(markdown_header(["model", "warm NDCG@10", "cold NDCG@10", "all NDCG@10", "warm Recall@10",
-                               "cold Recall@10"]))
+        lines += [f"**{name}**: {c['items']:,} cold items ({c['by']}, fraction {c['fraction']}), test users "
+                  f"{c['test_users']['warm']:,} with a warm target, {c['test_users']['cold']:,} with a cold one; "
+                  f"seeds {' '.join(map(str, r['seeds']))}", "",
+                  markdown_header(["model", "warm NDCG@10", "cold NDCG@10", "all NDCG@10", "warm Recall@10",
+                                   "cold Recall@10"])]
         for model, cells in r["models"].items():
-            print(f"| {model} | " + " | ".join(cells[k]["t95"] for k in (
+            lines.append(f"| {model} | " + " | ".join(cells[k]["t95"] for k in (
                 "test_warm/ndcg@10", "test_cold/ndcg@10", "test/ndcg@10", "test_warm/recall@10",
                 "test_cold/recall@10")) + " |")
-        print("\n" + markdown_header(["cold targets, A − B", "NDCG@10, paired bootstrap over users (seeds pooled)",
-                                      "relative to B"]))
-        for p in r["pairs"]:
-            print(f"| {p['a']} − {p['b']} | {diff_cell(p)} | {relative_cell(p)} |")
+        lines += ["", markdown_header(["cold targets, A − B", "NDCG@10, paired bootstrap over users (seeds pooled)",
+                                       "relative to B"])]
+        lines += [f"| {p['a']} − {p['b']} | {diff_cell(p)} | {relative_cell(p)} |" for p in r["pairs"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def report(folders: list[Path], json_out: Path | None) -> list[dict]:
+    results = [collect(f) for f in folders]
+    print(markdown({"results": results}))
     if json_out is not None:
         write_result(json_out, {"results": results})
     return results

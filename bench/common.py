@@ -68,11 +68,15 @@ def relative_cell(pb: dict | None) -> str:
 
 
 def write_result(path: str | Path, payload: dict) -> dict:
-    """Write `payload` with the machine it ran on and the checkout (commit, dirty) to `path`, atomically."""
+    """Write `payload` with the machine it ran on, the checkout (commit, dirty) and the UTC date to `path`,
+    atomically."""
+    from datetime import datetime, timezone
+
     from bench.machine import checkout, describe
     from molar_core.io import write_json_atomic
 
-    out = {**payload, "machine": describe(), **checkout()}
+    out = {**payload, "machine": describe(), **checkout(),
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_json_atomic(path, out)
     return out
 

@@ -154,7 +154,9 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{x:+.1%}"
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
+def markdown(rows: list[dict], meta: dict, title: bool = True) -> str:
+    """The table with its conditions; title=False leaves out the heading and the line saying where it was made
+    (docs/results.md renders it through bench.docs_tables, which writes that line itself)."""
     made, m = meta["made"], meta["made"]["machine"]
     lines = ["# The paper's central claim, measured", "",
              "Test NDCG@10, full ranking over every item, the user's history masked, leave-one-out. Paper: arXiv "
@@ -162,6 +164,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "95% interval; relative = over B's pooled mean.", "",
              f"Made {made['date']} at commit {made['commit']}{' (tracked files changed)' if made['dirty'] else ''}"
              f" on {m['cpu']} ({m['cpus_usable']} of {m['cpus']} CPUs{', ' + m['gpu'] if 'gpu' in m else ''}).", ""]
+    if not title:
+        lines = lines[2:4]
     for label, f in meta["folders"].items():
         extra = ", ".join(f"{k} {v}" for k, v in f.get("settings", {}).items() if v is not None)
         trained = "; ".join(sorted({x["cpu"] + (f", {x['gpu']}" if "gpu" in x else "") for x in f.get("machines", [])}))

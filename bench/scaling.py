@@ -134,21 +134,36 @@ def main() -> None:
         rows += bench_embed(workers, args.items)
     if "evaluate" in args.stages:
         rows += bench_evaluate(workers, args.users, args.catalogue)
-    print(markdown_header(["stage", "workers (1 CPU each)", "seconds", "speed-up vs 1", "efficiency E = T1 / (W x TW)",
-                           "same output"]))
     for r in rows:
         t1 = next(x["seconds"] for x in rows if x["stage"] == r["stage"] and x["workers"] == 1)
         r["efficiency"] = t1 / (r["workers"] * r["seconds"])
-        print(f"| {r['stage']} | {r['workers']} | {r['seconds']:.2f} | {t1 / r['seconds']:.2f}x | "
-              f"{r['efficiency']:.2f} | {'yes' if r['same_output'] else 'NO'} |")
     if "embed" in args.stages:
-        commit = driver_commit_rate()
-        print(f"\nembed driver: {commit['seconds_per_shard']:.3f} s to commit a shard of {commit['shard_size']:,} "
-              f"x {commit['dim']} vectors, a ceiling of {commit['items_per_s']:,.0f} items/s whatever the actors")
-        rows.append(commit)
+        rows.append(driver_commit_rate())
+    result = {"rows": rows, "args": {k: v if not isinstance(v, Path) else str(v) for k, v in vars(args).items()}}
+    print(markdown(result))
     if args.json:
-        write_result(args.json, {"rows": rows, "args": {k: v if not isinstance(v, Path) else str(v)
-                                                          for k, v in vars(args).items()}})
+        write_result(args.json, result)
+
+
+def markdown(result: dict) -> str:
+    """The scaling table of a result (what the script prints, and what docs/performance.md renders from
+    bench/results/scaling.json): one row per stage and worker count, then the embed driver's commit ceiling."""
+    rows = [r for r in result["rows"] if "workers" in r]
+    a = result.get("args", {})
+    label = {"embed": f"embed, MiniLM, {a.get('items', 0):,} items (W = 1 the local engine, W > 1 `engine: ray`)",
+             "evaluate": f"evaluate, exact ranks of {a.get('users', 0):,} users x {a.get('catalogue', 0):,} items "
+                         f"x 64 (`evaluate.workers`)"}
+    lines = [markdown_header(["stage", "workers (1 CPU each)", "seconds", "speed-up vs 1",
+                              "efficiency E = T1 / (W x TW)", "same output as 1 worker"])]
+    for r in rows:
+        t1 = next(x["seconds"] for x in rows if x["stage"] == r["stage"] and x["workers"] == 1)
+        lines.append(f"| {label.get(r['stage'], r['stage'])} | {r['workers']} | {r['seconds']:.2f} | "
+                     f"{t1 / r['seconds']:.2f}x | "
+                     f"{t1 / (r['workers'] * r['seconds']):.2f} | {'yes' if r['same_output'] else 'NO'} |")
+    for c in (r for r in result["rows"] if "seconds_per_shard" in r):
+        lines += ["", f"embed driver: {c['seconds_per_shard']:.3f} s to commit a shard of {c['shard_size']:,} "
+                      f"x {c['dim']} vectors, a ceiling of {c['items_per_s']:,.0f} items/s whatever the actors"]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -66,19 +66,30 @@ def target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list[list[
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
-def _ranks_of_slice(args: tuple) -> torch.Tensor:
-    """One worker's share of sharded_target_ranks (a top-level function: worker processes import it)."""
-    users, items, histories, targets, chunk, threads = args
+_SHARED: dict = {}  # a ranking worker process's items and chunk, set once by its initializer
+
+
+def _init_ranking_worker(items: torch.Tensor, chunk: int, threads: int) -> None:
+    """Each worker process receives the items once (not with every slice) and keeps its thread count."""
     torch.set_num_threads(threads)
-    return target_ranks(users, items, histories, targets, chunk)
+    _SHARED.update(items=items, chunk=chunk)
+
+
+def _ranks_of_slice(args: tuple) -> torch.Tensor:
+    """One slice of sharded_target_ranks in a worker (a top-level function: worker processes import it)."""
+    users, histories, targets = args
+    return target_ranks(users, _SHARED["items"], histories, targets, _SHARED["chunk"])
 
 
 def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list[list[int]] | None,
                          targets: torch.Tensor, chunk: int | None = None, workers: int = 1) -> torch.Tensor:
-    """target_ranks with the users split over `workers` processes (each holds every item and ranks a slice of
-    users), results concatenated in user order. Slices are cut at multiples of the user chunk, so every block of
-    scores is the same matrix product as in one process and the ranks are identical, not merely close. Each
-    worker runs torch with cores // workers threads."""
+    """target_ranks with the users shared among `workers`: this process and workers - 1 spawned ones, each
+    holding every item. Users are cut into slices of whole user chunks, so every block of scores is the same
+    matrix product as in one process and the ranks are identical, not merely close; the slices are handed out
+    as workers become free, so this process ranks while the others still start (importing torch takes seconds)
+    and nobody waits at the end for a worker that started late. Each worker runs torch with cores // workers
+    threads."""
+    import threading
     from concurrent.futures import ProcessPoolExecutor
 
     import torch.multiprocessing as tmp
@@ -89,13 +100,52 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
     blocks = -(-len(users) // chunk)
     if workers <= 1 or blocks < 2:
         return target_ranks(users, items, histories, targets, chunk)
-    per = -(-blocks // workers) * chunk  # users per worker: whole chunks
+    workers = min(workers, blocks)
+    per = -(-blocks // (8 * workers)) * chunk  # about 8 slices per worker: a late start or the last slice cost little
     cuts = list(range(0, len(users), per))
-    threads = max(1, usable_cpus() // len(cuts))
-    jobs = [(users[s:s + per], items, histories[s:s + per] if histories is not None else None,
-             targets[s:s + per], chunk, threads) for s in cuts]
-    with ProcessPoolExecutor(len(jobs), mp_context=tmp.get_context("spawn")) as pool:
-        return torch.cat(list(pool.map(_ranks_of_slice, jobs)))
+    out: list[torch.Tensor | None] = [None] * len(cuts)
+    lock, todo = threading.Lock(), iter(range(len(cuts)))
+
+    def take() -> int | None:
+        with lock:
+            return next(todo, None)
+
+    def share(i: int) -> tuple:
+        s = cuts[i]
+        return users[s:s + per], histories[s:s + per] if histories is not None else None, targets[s:s + per]
+
+    threads = max(1, usable_cpus() // workers)
+    with ProcessPoolExecutor(workers - 1, mp_context=tmp.get_context("spawn"), initializer=_init_ranking_worker,
+                             initargs=(items, chunk, threads)) as pool:
+        errors: list[BaseException] = []
+
+        def feed() -> None:  # keeps one worker process busy: one slice at a time
+            try:
+                while (i := take()) is not None:
+                    out[i] = pool.submit(_ranks_of_slice, share(i)).result()
+            except BaseException as err:  # noqa: BLE001  raised again in the calling thread below
+                errors.append(err)
+
+        feeders = [threading.Thread(target=feed, daemon=True) for _ in range(workers - 1)]
+        for t in feeders:
+            t.start()
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            while (i := take()) is not None:  # this process is a worker too
+                u, h, t = share(i)
+                out[i] = target_ranks(u, items, h, t, chunk)
+        except BaseException:
+            with lock:  # the feeders stop after their current slice
+                todo = iter(())
+            raise
+        finally:
+            torch.set_num_threads(before)
+            for t in feeders:
+                t.join()
+    if errors:
+        raise errors[0]
+    return torch.cat(out)
 
 
 def topk_items(users: torch.Tensor, items: torch.Tensor, histories: list[list[int]] | None, k: int,

@@ -121,7 +121,7 @@ def refit(build: Callable[[torch.Generator], tuple[nn.Module, Callable]], test: 
     seqs = training_sequences(test["history"].to_list(), p)  # test history = training items + validation item
     with epoch_progress(epochs) as advance:
         result = fit(model, seqs, loss_fn, None, fit_config(p, "", f"{stage} refit", max_epochs=epochs), generator,
-                     progress=lambda row: advance(f"refit loss {row['loss']:.4f}"), resume=resume)
+                     progress=lambda row: advance(row["epoch"], f"refit loss {row['loss']:.4f}"), resume=resume)
     info = {"epochs": epochs, "training_windows": len(seqs), "train_seconds": round(result.seconds, 1),
             "resumed_after_epoch": resume.resumed_from,
             "data": "each user's training items + validation item (validation metrics in metrics.json are then "
@@ -158,17 +158,22 @@ def train_items(stats: dict) -> int | None:
 
 
 @contextlib.contextmanager
-def epoch_progress(total: int) -> Iterator[Callable[[str], None]]:
-    """A progress bar over epochs (early stopping may end it before `total`); yields advance(status). In a
-    data-parallel group only the first process shows one."""
+def epoch_progress(total: int) -> Iterator[Callable[[int, str], None]]:
+    """A progress bar over epochs (early stopping may end it before `total`); yields advance(epoch, status). In a
+    data-parallel group only the first process shows one. Where stderr is not a terminal (a log file, CI, a
+    pipe) the bar would print only when it ends, so each epoch prints one line instead: `epoch N/TOTAL STATUS`,
+    the marker a log reader (or a test that kills the stage mid-run) can follow."""
     if not is_main_process():
-        yield lambda status: None
+        yield lambda epoch, status: None
+        return
+    if not console.is_terminal:
+        yield lambda epoch, status: console.print(f"epoch {epoch}/{total} {status}", markup=False, highlight=False)
         return
     columns = [TextColumn("[bold]epoch {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
                TextColumn("{task.description}")]
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("", total=total)
-        yield lambda status: bar.update(task, advance=1, description=status)
+        yield lambda epoch, status: bar.update(task, completed=epoch, description=status)
 
 
 def write_curve(path: Path, curve: list[dict]) -> None:

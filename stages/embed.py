@@ -56,10 +56,22 @@ def run(p: EmbedParams, root: Path = Path("."), runtime: RuntimeParams | None = 
     if encoder.backend_note:
         console.print(f"embed: {encoder.backend_note}", markup=False, highlight=False)
     pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    committed = 0
+
+    def after_flush(entry) -> None:
+        """One line per committed shard: progress in a log, and the marker after which a kill loses nothing."""
+        nonlocal committed
+        committed += entry.items
+        log(f"committed {entry.file} ({entry.items:,} contents, {committed:,} this run)")
+        if pause > 0:
+            time.sleep(pause)
+
+    def log(msg: str) -> None:
+        console.print(f"embed: {msg}", markup=False, highlight=False)
+
     try:
         report = update_embeddings(root / paths.EMBEDDINGS, items, encoder, p.shard_size, runtime=runtime_info(),
-                                   log=lambda msg: console.print(f"embed: {msg}", markup=False, highlight=False),
-                                   after_flush=(lambda entry: time.sleep(pause)) if pause > 0 else None)
+                                   log=log, after_flush=after_flush)
     finally:
         if hasattr(encoder, "close"):  # the actor pool: its processes (and GPUs) are freed at once
             encoder.close()

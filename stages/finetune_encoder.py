@@ -94,7 +94,7 @@ def run(p: FinetuneEncoderParams, e: EmbedParams, root: Path = Path(".")) -> dic
     with epoch_progress(p.max_epochs) as advance:
         result = finetune_encoder(encoder, texts, images, train["items"].to_list(), valid["history"].to_list(),
                                   valid["target"].to_list(), cfg, gen, resume=resume,
-                                  progress=lambda row: advance(f"loss {row['loss']:.4f} valid ndcg@10 "
+                                  progress=lambda row: advance(row["epoch"], f"loss {row['loss']:.4f} valid ndcg@10 "
                                                                f"{row['valid_ndcg@10']:.4f}"))
     fit = result.fit
     record = {"init": p.init, "base_model": (p.model or DEFAULT_MLLM) if p.init == "pretrained" else "scratch",

@@ -81,7 +81,7 @@ def run(name: str, p: TrainParams, protocol: ProtocolParams, root: Path = Path("
                      lambda: ranking_metrics(user_vectors(vh), item_vectors()[:ccfg.catalogue], vh, vt, protocol.ks,
                                              mask),  # cold items (past the catalogue) are not known yet
                      fit_config(p, metric, f"train@{name}"),
-                     gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
+                     gen, progress=lambda row: advance(row["epoch"], f"loss {row['loss']:.4f} valid {metric} "
                                                        f"{row['valid_' + metric]:.4f}"), resume=resume)
     refit_info, refit_resume = None, None
     if p.refit:  # user_vectors and item_vectors above read `model`: they then score the refit one

@@ -60,7 +60,7 @@ def run(p: TrainIdParams, protocol: ProtocolParams, root: Path = Path(".")) -> d
     with epoch_progress(p.max_epochs) as advance:
         result = fit(model, seqs, lambda b: sasrec_loss(model, b, p.loss, p.num_negatives, gen), validate,
                      fit_config(p, metric, "train_id"),
-                     gen, progress=lambda row: advance(f"loss {row['loss']:.4f} valid {metric} "
+                     gen, progress=lambda row: advance(row["epoch"], f"loss {row['loss']:.4f} valid {metric} "
                                                        f"{row['valid_' + metric]:.4f}"), resume=resume)
     refit_info, refit_resume = None, None
     early_stopped = model  # refit trains a new model: this one stays as it is

@@ -23,6 +23,15 @@ def test_sharded_ranks_equal_one_process_with_ties_and_a_ragged_last_slice():
                                    rtol=0, atol=0)
 
 
+def test_a_bad_slice_in_a_worker_raises_its_error_in_the_caller():
+    g = torch.Generator().manual_seed(1)
+    users, items = torch.randn(400, 8, generator=g), torch.randn(50, 8, generator=g)
+    users[-1, 0] = float("nan")  # in the last slice, which may be ranked by this process or by the worker
+    targets = torch.randint(1, 51, (400,), generator=g)
+    with pytest.raises(ValueError, match="NaN"):
+        sharded_target_ranks(users, items, None, targets, 20, 2)
+
+
 def test_evaluate_with_two_workers_writes_the_same_files(small_workspace, tmp_path):
     import shutil
 

@@ -1,0 +1,92 @@
+"""The results and performance pages' tables, rendered from the JSON results the bench scripts write, so a page
+cannot drift from the measurement it quotes.
+
+    python -m bench.docs_tables            # rewrite every generated block in docs/*.md
+    python -m bench.docs_tables --check    # exit 1 naming each block that differs from its JSON (a test runs it)
+
+A page marks a generated block with two comment lines; everything between them is replaced:
+
+    <!-- bench-table: cold_start -->
+    <!-- /bench-table -->
+
+The name is a file under bench/results/ (`cold_start` reads bench/results/cold_start.json) and the renderer of
+the bench script that wrote it (RENDERERS). Each block opens with the conditions the JSON records: commit (and
+whether tracked files differed from it), date and machine. Prose around a block stays hand-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import cold_start, paper_table, scaling
+from bench.common import ROOT
+
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs"
+RENDERERS: dict[str, Callable[[dict], str]] = {
+    "cold_start": cold_start.markdown,
+    "scaling": scaling.markdown,
+    "paper_table": lambda r: paper_table.markdown(r["rows"], r, title=False),
+}
+BLOCK = re.compile(r"(?P<open><!-- bench-table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(?P<close><!-- /bench-table -->)",
+                   re.S)
+
+
+def conditions(result: dict) -> str:
+    """'Measured at commit abc1234 on 2026-11-30, AMD EPYC (2 of 2 CPUs, torch 2.13.0+cpu).' from a result."""
+    made = result.get("made", result)  # bench.paper_table keeps them under "made"
+    m = made.get("machine", {})
+    commit = (made.get("commit") or "unknown")[:7]
+    dirty = " with uncommitted changes to tracked files" if made.get("dirty") else ""
+    date = f" on {made['date'][:10]}" if made.get("date") else ""
+    gpu = f", {m['gpu']}" if "gpu" in m else ""
+    return (f"*Measured at commit `{commit}`{dirty}{date}, {m.get('cpu', 'unknown CPU')} ({m.get('cpus_usable', '?')} "
+            f"of {m.get('cpus', '?')} CPUs{gpu}, torch {m.get('torch', '?')}).*")
+
+
+def render(name: str, page: Path) -> str:
+    if name not in RENDERERS:
+        raise SystemExit(f"{page}: unknown bench table {name!r} (known: {', '.join(sorted(RENDERERS))})")
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"{page}: bench table {name!r} needs {path}, which does not exist (run the bench with "
+                         f"--json {path})")
+    result = json.loads(path.read_text())
+    return f"{conditions(result)}\n\n{RENDERERS[name](result).strip()}\n"
+
+
+def rendered(page: Path) -> str:
+    """The page's text with every generated block rendered anew."""
+    return BLOCK.sub(lambda m: m["open"] + render(m["name"], page) + m["close"], page.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a page is out of date")
+    ap.add_argument("pages", nargs="*", type=Path, help="pages to render (default: docs/*.md)")
+    args = ap.parse_args(argv)
+    stale = []
+    for page in args.pages or sorted(DOCS.glob("*.md")):
+        text = rendered(page)
+        if text == page.read_text():
+            continue
+        if args.check:
+            stale += [f"{page}: {m['name']}" for m, new in zip(BLOCK.finditer(page.read_text()), BLOCK.finditer(text))
+                      if m["body"] != new["body"]]
+        else:
+            page.write_text(text)
+            print(f"rendered {page}")
+    if stale:
+        print("out of date with bench/results (run python -m bench.docs_tables):\n  " + "\n  ".join(stale),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

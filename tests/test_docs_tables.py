@@ -1,0 +1,60 @@
+"""The generated tables in docs/ match the bench JSON they are rendered from (bench/docs_tables.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bench import docs_tables
+
+BLOCK = "<!-- bench-table: scaling -->\nanything\n<!-- /bench-table -->\n"
+
+
+def test_the_pages_are_up_to_date_with_bench_results():
+    assert docs_tables.main(["--check"]) == 0
+
+
+def test_a_changed_measurement_makes_the_page_stale_and_rendering_takes_it_in(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(docs_tables.RESULTS / "scaling.json", results / "scaling.json")
+    monkeypatch.setattr(docs_tables, "RESULTS", results)
+    page = tmp_path / "page.md"
+    page.write_text(f"# Page\n\nprose before\n\n{BLOCK}\nprose after\n")
+    assert docs_tables.main(["--check", str(page)]) == 1  # the hand-written body is not the rendering
+    assert f"{page}: scaling" in capsys.readouterr().err
+    assert docs_tables.main([str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# Page\n\nprose before\n\n") and text.endswith("\nprose after\n")
+    result = json.loads((results / "scaling.json").read_text())
+    assert f"commit `{result['commit'][:7]}`" in text
+    ev2 = next(r for r in result["rows"] if r["stage"] == "evaluate" and r["workers"] == 2)
+    assert f"| 2 | {ev2['seconds']:.2f} |" in text
+    assert docs_tables.main(["--check", str(page)]) == 0
+
+    ev2["seconds"] *= 2  # a new measurement: the page no longer says what the JSON says
+    (results / "scaling.json").write_text(json.dumps(result))
+    assert docs_tables.main(["--check", str(page)]) == 1
+    docs_tables.main([str(page)])
+    assert f"| 2 | {ev2['seconds']:.2f} |" in page.read_text()
+
+
+def test_the_cold_start_block_shows_the_json_cells():
+    result = json.loads((docs_tables.RESULTS / "cold_start.json").read_text())
+    text = docs_tables.render("cold_start", docs_tables.DOCS / "results.md")
+    for dataset in result["results"]:
+        for model, cells in dataset["models"].items():
+            assert f"| {model} | {cells['test_warm/ndcg@10']['t95']} | {cells['test_cold/ndcg@10']['t95']} |" in text
+
+
+@pytest.mark.parametrize("name, message", [("nosuch", "unknown bench table 'nosuch'"),
+                                           ("paper_table", "paper_table.json, which does not exist")])
+def test_a_block_without_renderer_or_json_fails_naming_the_page(tmp_path, monkeypatch, name, message):
+    monkeypatch.setattr(docs_tables, "RESULTS", tmp_path)
+    page = tmp_path / "page.md"
+    page.write_text(BLOCK.replace("scaling", name))
+    with pytest.raises(SystemExit, match=message) as err:
+        docs_tables.main(["--check", str(page)])
+    assert str(page) in str(err.value)
