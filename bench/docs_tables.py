@@ -9,9 +9,10 @@ A page marks a generated block with two comment lines; everything between them i
     <!-- bench-table: cold_start -->
     <!-- /bench-table -->
 
-The name is a file under bench/results/ (`cold_start` reads bench/results/cold_start.json) and the renderer of
-the bench script that wrote it (RENDERERS). Each block opens with the conditions the JSON records: commit (and
-whether tracked files differed from it), date and machine. Prose around a block stays hand-written.
+The name is a file under bench/results/ (`cold_start` reads bench/results/cold_start.json) and picks the
+renderer of the bench script that wrote it (RENDERERS; `sweep_paper_ml100k` is rendered as a sweep). Each block
+opens with the conditions the JSON records: commit (and whether tracked files differed from it), date and
+machine. Prose around a block stays hand-written.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cold_start, paper_table, scaling
+from bench import cold_start, paper_table, scaling, sweep
 from bench.common import ROOT
 
 RESULTS = ROOT / "bench" / "results"
@@ -32,6 +33,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "cold_start": cold_start.markdown,
     "scaling": scaling.markdown,
     "paper_table": lambda r: paper_table.markdown(r["rows"], r, title=False),
+    "sweep": sweep.markdown,  # any bench/results/sweep*.json (`python -m bench.sweep ... --json`)
 }
 BLOCK = re.compile(r"(?P<open><!-- bench-table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(?P<close><!-- /bench-table -->)",
                    re.S)
@@ -49,15 +51,20 @@ def conditions(result: dict) -> str:
             f"of {m.get('cpus', '?')} CPUs{gpu}, torch {m.get('torch', '?')}).*")
 
 
+def renderer(name: str) -> Callable[[dict], str] | None:
+    """The renderer of bench/results/NAME.json: by name, or by the script prefix (`sweep_ml100k` is a sweep)."""
+    return RENDERERS.get(name) or next((f for key, f in RENDERERS.items() if name.startswith(f"{key}_")), None)
+
+
 def render(name: str, page: Path) -> str:
-    if name not in RENDERERS:
+    if renderer(name) is None:
         raise SystemExit(f"{page}: unknown bench table {name!r} (known: {', '.join(sorted(RENDERERS))})")
     path = RESULTS / f"{name}.json"
     if not path.exists():
         raise SystemExit(f"{page}: bench table {name!r} needs {path}, which does not exist (run the bench with "
                          f"--json {path})")
     result = json.loads(path.read_text())
-    return f"{conditions(result)}\n\n{RENDERERS[name](result).strip()}\n"
+    return f"{conditions(result)}\n\n{renderer(name)(result).strip()}\n"
 
 
 def rendered(page: Path) -> str:

@@ -188,47 +188,56 @@ def report(dirs: list[Path], against: list[str], pairs: list[tuple[str, str]] = 
            json_out: Path | None = None) -> list[dict]:
     """Each model's test NDCG@10 per seed, mean with a t-interval over seeds, and its paired bootstrap
     difference over users (seeds pooled) to each model in `against`, over the seeds both have; then each pair
-    A:B of `pairs` with A − B, absolute and relative to B. Returns the pairs' numbers; with json_out, writes
-    every number of both tables there (bench.common.write_result)."""
+    A:B of `pairs` with A − B, absolute and relative to B. Prints the tables (`markdown`) and returns the pairs'
+    numbers; with json_out, writes every number of both tables there (bench.common.write_result)."""
     by_seed = load_runs(dirs)
     seeds = list(by_seed)
     models = list(dict.fromkeys(["sasrec", *(m for runs in by_seed.values() for m in runs)]))
-    print("| test NDCG@10 | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% t | valid (mean) | "
-          + " | ".join(f"− {b}, paired bootstrap over users (seeds pooled)" for b in against) + " |")
-    print("| --- " * (len(seeds) + 3 + len(against)) + "|")
     table = []
     for m in models:
         have = [s for s in seeds if m in by_seed[s]]
-        cells = [f"{by_seed[s][m]['ndcg@10']:.4f}" if m in by_seed[s] else "" for s in seeds]
-        cells.append(t_interval([by_seed[s][m]["ndcg@10"] for s in have]) if have else "")
+        scores = [by_seed[s][m]["ndcg@10"] for s in have]
         valid = [by_seed[s][m]["valid_ndcg@10"] for s in have if by_seed[s][m].get("valid_ndcg@10") is not None]
-        cells.append(f"{np.mean(valid):.4f}" if valid else "")  # the early-stopped run's best (the selection)
-        row = {"model": m, "seeds": {s: by_seed[s][m]["ndcg@10"] for s in have},
-               "mean": float(np.mean([by_seed[s][m]["ndcg@10"] for s in have])) if have else None,
-               "t95": cells[len(seeds)], "valid_mean": float(np.mean(valid)) if valid else None, "against": {}}
-        for b in against:
-            pb = None if m == b else compare(by_seed, m, b)
-            cells.append(diff_cell(pb))
-            row["against"][b] = pb
-        table.append(row)
-        print(f"| {m} | " + " | ".join(cells) + " |")
-    out = []
-    if pairs:
-        print("\n| A − B | seeds | A: mean ± 95% t | B: mean ± 95% t | A − B, paired bootstrap over users "
-              "(seeds pooled) | relative to B |")
-        print("| --- " * 6 + "|")
-    for a, b in pairs:
-        pb = compare(by_seed, a, b)
-        if pb is None:
-            print(f"| {a} − {b} | none with both | | | | |")
-            continue
-        out.append({"a": a, "b": b, **pb})
-        print(f"| {a} − {b} | {' '.join(map(str, pb['seeds']))} | {pb['t_a']} | {pb['t_b']} | "
-              f"{diff_cell(pb)} | " + (f"{relative_cell(pb)} |" if pb["relative"] is not None else "|"))
+        table.append({"model": m, "seeds": {s: by_seed[s][m]["ndcg@10"] for s in have},
+                      "mean": float(np.mean(scores)) if have else None, "t95": t_interval(scores) if have else "",
+                      "valid_mean": float(np.mean(valid)) if valid else None,  # the early-stopped runs' best
+                      "against": {b: None if m == b else compare(by_seed, m, b) for b in against}})
+    out = [{"a": a, "b": b, **pb} for a, b in pairs if (pb := compare(by_seed, a, b)) is not None]
+    result = {"folders": [str(d) for d in dirs], "metric": "test ndcg@10", "seeds": seeds, "against": against,
+              "models": table, "pairs": out, "pairs_asked": [f"{a}:{b}" for a, b in pairs]}
+    print(markdown(result), end="")
     if json_out is not None:
-        write_result(json_out, {"folders": [str(d) for d in dirs], "metric": "test ndcg@10", "seeds": seeds,
-                                "models": table, "pairs": out})
+        write_result(json_out, result)
     return out
+
+
+def markdown(result: dict) -> str:
+    """The tables of a sweep result (what `report` prints, and what the docs render from its JSON): one row per
+    model with its seeds, mean ± 95% t and the paired differences to the `against` models; then the pairs."""
+    seeds = [str(s) for s in result["seeds"]]
+    against = result.get("against", ["sasrec"])
+    lines = ["| test NDCG@10 | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% t | valid (mean) | "
+             + " | ".join(f"− {b}, paired bootstrap over users (seeds pooled)" for b in against) + " |",
+             "| --- " * (len(seeds) + 3 + len(against)) + "|"]
+    for row in result["models"]:
+        got = {str(s): v for s, v in row["seeds"].items()}
+        cells = [f"{got[s]:.4f}" if s in got else "" for s in seeds]
+        cells += [row["t95"], "" if row["valid_mean"] is None else f"{row['valid_mean']:.4f}"]
+        cells += [diff_cell(row["against"].get(b)) for b in against]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    asked = result.get("pairs_asked", [f"{p['a']}:{p['b']}" for p in result["pairs"]])
+    if asked:
+        lines += ["", "| A − B | seeds | A: mean ± 95% t | B: mean ± 95% t | A − B, paired bootstrap over users "
+                      "(seeds pooled) | relative to B |", "| --- " * 6 + "|"]
+    found = {f"{p['a']}:{p['b']}": p for p in result["pairs"]}
+    for name in asked:
+        a, b = name.split(":")
+        if (pb := found.get(name)) is None:
+            lines.append(f"| {a} − {b} | none with both | | | | |")
+            continue
+        lines.append(f"| {a} − {b} | {' '.join(map(str, pb['seeds']))} | {pb['t_a']} | {pb['t_b']} | "
+                     f"{diff_cell(pb)} | " + (f"{relative_cell(pb)} |" if pb["relative"] is not None else "|"))
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

@@ -110,9 +110,12 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
         with lock:
             return next(todo, None)
 
-    def share(i: int) -> tuple:
+    def share(i: int, copy: bool = False) -> tuple:
+        """Slice i's users, histories and targets; copy=True for a worker: sending a tensor moves its storage
+        to shared memory, which must not happen to the storage this process is ranking from at that moment."""
         s = cuts[i]
-        return users[s:s + per], histories[s:s + per] if histories is not None else None, targets[s:s + per]
+        u, t = users[s:s + per], targets[s:s + per]
+        return (u.clone(), t.clone()) if copy else (u, t), histories[s:s + per] if histories is not None else None
 
     threads = max(1, usable_cpus() // workers)
     with ProcessPoolExecutor(workers - 1, mp_context=tmp.get_context("spawn"), initializer=_init_ranking_worker,
@@ -122,7 +125,8 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
         def feed() -> None:  # keeps one worker process busy: one slice at a time
             try:
                 while (i := take()) is not None:
-                    out[i] = pool.submit(_ranks_of_slice, share(i)).result()
+                    (u, t), h = share(i, copy=True)
+                    out[i] = pool.submit(_ranks_of_slice, (u, h, t)).result()
             except BaseException as err:  # noqa: BLE001  raised again in the calling thread below
                 errors.append(err)
 
@@ -133,7 +137,7 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
         torch.set_num_threads(threads)
         try:
             while (i := take()) is not None:  # this process is a worker too
-                u, h, t = share(i)
+                (u, t), h = share(i)
                 out[i] = target_ranks(u, items, h, t, chunk)
         except BaseException:
             with lock:  # the feeders stop after their current slice

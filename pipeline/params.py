@@ -181,6 +181,8 @@ class DistributedParams(Section):
                                                      "with CUDA, else gloo.")
     max_restarts: int = Field(3, ge=0, description="torchrun restarts the group this often after a process dies; "
                               "it resumes from the last finished epoch.")
+    timeout_s: int = Field(1800, ge=1, description="Seconds a process waits for the others (joining the group, "
+                           "each collective) before it fails, so torchrun restarts the group; torch's default.")
 
 
 class UserModelParams(Section):

@@ -90,8 +90,30 @@ def train_processes(module: str, args: list[str], params: Params, d: Distributed
         return
     import torch.distributed as dist
 
+    import threading
+    from datetime import timedelta
+
     backend = d.backend if d.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
-    dist.init_process_group(backend)
+    joined = threading.Event()
+
+    def watchdog() -> None:
+        """Gloo's connection setup can wait past its timeout when a peer's connection is lost (seen under load):
+        a process that has not joined within timeout_s exits, and torchrun restarts the group."""
+        if not joined.wait(d.timeout_s):
+            print(f"{module}: rank {os.environ.get('RANK')} did not join the process group within "
+                  f"{d.timeout_s} s; exiting so that torchrun restarts the group", file=sys.stderr, flush=True)
+            os._exit(1)
+    threading.Thread(target=watchdog, daemon=True).start()
+    timeout = timedelta(seconds=d.timeout_s)  # bounds every collective too
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's store, shared by restarts
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=rank == 0 and not agent_store, timeout=timeout)
+    # Each restart joins under its own key prefix: under the bare store, a restarted process read the address a
+    # killed process had published before the restart, and every restart failed to connect to it.
+    store = dist.PrefixStore(f"molar/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+    joined.set()
     try:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -147,3 +147,21 @@ def test_paper_arms_validate(config):
     assert got.train_variant("molar_bce").rec_loss == "bce" and got.train_variant("molar_bce").align_alpha == 0.5
     with pytest.raises(ParamsError, match="temperature"):
         bench_params(config=config, extra={"train_variants": {"bad": {**arms["content_bce"], "temperature": 0.1}}})
+
+
+def test_a_sweep_json_renders_in_the_docs_as_the_sweep_printed_it(tmp_path, capsys, monkeypatch):
+    from bench import docs_tables
+
+    _sweep(tmp_path / "sw")
+    results = tmp_path / "results"
+    sweep.report([tmp_path / "sw"], ["sasrec"], [("molar", "content"), ("molar_joint", "content")],
+                 json_out=results / "sweep_test.json")
+    printed = capsys.readouterr().out
+    monkeypatch.setattr(docs_tables, "RESULTS", results)
+    page = tmp_path / "page.md"
+    page.write_text("<!-- bench-table: sweep_test -->\n<!-- /bench-table -->\n")
+    assert docs_tables.main([str(page)]) == 0
+    body = page.read_text()
+    assert printed.strip() in body  # the JSON (seed keys now strings) gives back the printed tables
+    written = json.loads((results / "sweep_test.json").read_text())
+    assert f"commit `{written['commit'][:7]}`" in body and written["date"][:10] in body  # where it was made
