@@ -81,6 +81,25 @@ def _ranks_of_slice(args: tuple) -> torch.Tensor:
     return target_ranks(users, _SHARED["items"], histories, targets, _SHARED["chunk"])
 
 
+def _worker_context():
+    """forkserver: ranking workers fork from a server that imported this module once (torch included) and nothing
+    of the caller's __main__ (a stage imports far more), so after the first call workers start at once."""
+    import torch.multiprocessing as tmp
+
+    context = tmp.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def start_ranking_workers() -> None:
+    """Start the server that sharded_target_ranks' workers fork from now, in the background: its imports (seconds)
+    then overlap the caller's own work (the evaluate stage loads its data and vectors meanwhile)."""
+    from multiprocessing import forkserver
+
+    _worker_context()
+    forkserver.ensure_running()
+
+
 def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list[list[int]] | None,
                          targets: torch.Tensor, chunk: int | None = None, workers: int = 1) -> torch.Tensor:
     """target_ranks with the users shared among `workers`: this process and workers - 1 spawned ones, each
@@ -90,9 +109,7 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
     and nobody waits at the end for a worker that started late. Each worker runs torch with cores // workers
     threads."""
     import threading
-    from concurrent.futures import ProcessPoolExecutor
-
-    import torch.multiprocessing as tmp
+    from concurrent.futures import Future, ProcessPoolExecutor
 
     from molar_core.io import usable_cpus
 
@@ -101,8 +118,11 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
     if workers <= 1 or blocks < 2:
         return target_ranks(users, items, histories, targets, chunk)
     workers = min(workers, blocks)
-    per = -(-blocks // (8 * workers)) * chunk  # about 8 slices per worker: a late start or the last slice cost little
-    cuts = list(range(0, len(users), per))
+    cuts, s = [], 0  # guided: each slice a share of what is left (whole chunks), so the last ones are small and
+    while s < len(users):  # nobody waits long at the end, while the first are large and cost little to hand out
+        size = max(1, -(-(len(users) - s) // (2 * workers * chunk))) * chunk
+        cuts.append((s, s + size))
+        s += size
     out: list[torch.Tensor | None] = [None] * len(cuts)
     lock, todo = threading.Lock(), iter(range(len(cuts)))
 
@@ -113,20 +133,31 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
     def share(i: int, copy: bool = False) -> tuple:
         """Slice i's users, histories and targets; copy=True for a worker: sending a tensor moves its storage
         to shared memory, which must not happen to the storage this process is ranking from at that moment."""
-        s = cuts[i]
-        u, t = users[s:s + per], targets[s:s + per]
-        return (u.clone(), t.clone()) if copy else (u, t), histories[s:s + per] if histories is not None else None
+        s, e = cuts[i]
+        u, t = users[s:e], targets[s:e]
+        return (u.clone(), t.clone()) if copy else (u, t), histories[s:e] if histories is not None else None
 
     threads = max(1, usable_cpus() // workers)
-    with ProcessPoolExecutor(workers - 1, mp_context=tmp.get_context("spawn"), initializer=_init_ranking_worker,
-                             initargs=(items, chunk, threads)) as pool:
+    shared = items.clone().share_memory_()  # sent to each worker as it starts, while this process ranks with `items`
+    pool = ProcessPoolExecutor(workers - 1, mp_context=_worker_context(), initializer=_init_ranking_worker,
+                               initargs=(shared, chunk, threads))
+    try:
         errors: list[BaseException] = []
 
-        def feed() -> None:  # keeps one worker process busy: one slice at a time
+        def feed() -> None:
+            """Keeps one worker process busy, with the next slice already sent while it ranks one."""
+            def send() -> tuple[int, Future] | None:
+                if (i := take()) is None:
+                    return None
+                (u, t), h = share(i, copy=True)
+                return i, pool.submit(_ranks_of_slice, (u, h, t))
             try:
-                while (i := take()) is not None:
-                    (u, t), h = share(i, copy=True)
-                    out[i] = pool.submit(_ranks_of_slice, (u, h, t)).result()
+                queued = [job for job in (send(), send()) if job is not None]
+                while queued:
+                    i, job = queued.pop(0)
+                    out[i] = job.result()
+                    if (nxt := send()) is not None:
+                        queued.append(nxt)
             except BaseException as err:  # noqa: BLE001  raised again in the calling thread below
                 errors.append(err)
 
@@ -147,6 +178,8 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
             torch.set_num_threads(before)
             for t in feeders:
                 t.join()
+    finally:  # every slice is back (or failed): the workers need not be waited for while they exit
+        pool.shutdown(wait=False, cancel_futures=True)
     if errors:
         raise errors[0]
     return torch.cat(out)

@@ -14,7 +14,7 @@ from molar_core.io import atomic_path, runtime_info, write_json_atomic, write_pa
 from molar_core.metrics import bootstrap_ci, mean_metrics, paired_bootstrap, per_user_metrics
 from molar_core.popularity import NAME as POPULARITY
 from molar_core.popularity import item_counts, popularity_vectors
-from molar_core.ranking import sharded_target_ranks, user_chunk
+from molar_core.ranking import sharded_target_ranks, start_ranking_workers, user_chunk
 from molar_core.vectors import load_user_vectors
 from pipeline import paths
 from pipeline.params import EvaluateParams, Params, ProtocolParams
@@ -86,6 +86,8 @@ def warm_cold(per: dict[str, np.ndarray], cold: np.ndarray) -> dict:
 
 
 def run(p: EvaluateParams, protocol: ProtocolParams, root: Path = Path(".")) -> dict:
+    if p.workers > 1:
+        start_ranking_workers()  # their server imports torch while the data and vectors load
     stats = read_stats(root)
     tables = {s: read_prepared(root, s) for s in ("valid", "test")}
     t0 = time.perf_counter()
