@@ -1,7 +1,7 @@
 """The results and performance pages' tables, rendered from the JSON results the bench scripts write, so a page
 cannot drift from the measurement it quotes.
 
-    python -m bench.docs_tables            # rewrite every generated block in docs/*.md
+    python -m bench.docs_tables            # rewrite every generated block in README.md and docs/*.md
     python -m bench.docs_tables --check    # exit 1 naming each block that differs from its JSON (a test runs it)
 
 A page marks a generated block with two comment lines; everything between them is replaced:
@@ -10,7 +10,8 @@ A page marks a generated block with two comment lines; everything between them i
     <!-- /bench-table -->
 
 The name is a file under bench/results/ (`cold_start` reads bench/results/cold_start.json) and picks the
-renderer of the bench script that wrote it (RENDERERS; `sweep_paper_ml100k` is rendered as a sweep). Each block
+renderer of the bench script that wrote it (RENDERERS; `sweep_paper_ml100k` is rendered as a sweep, and
+`paper_table/summary` renders paper_table.json another way). Each block
 opens with the conditions the JSON records: commit (and whether tracked files differed from it), date and
 machine. Prose around a block stays hand-written.
 """
@@ -33,9 +34,10 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "cold_start": cold_start.markdown,
     "scaling": scaling.markdown,
     "paper_table": lambda r: paper_table.markdown(r["rows"], r, title=False),
+    "paper_table/summary": paper_table.summary,  # the README's short form of the same JSON
     "sweep": sweep.markdown,  # any bench/results/sweep*.json (`python -m bench.sweep ... --json`)
 }
-BLOCK = re.compile(r"(?P<open><!-- bench-table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(?P<close><!-- /bench-table -->)",
+BLOCK = re.compile(r"(?P<open><!-- bench-table: (?P<name>[\w/-]+) -->\n)(?P<body>.*?)(?P<close><!-- /bench-table -->)",
                    re.S)
 
 
@@ -59,7 +61,7 @@ def renderer(name: str) -> Callable[[dict], str] | None:
 def render(name: str, page: Path) -> str:
     if renderer(name) is None:
         raise SystemExit(f"{page}: unknown bench table {name!r} (known: {', '.join(sorted(RENDERERS))})")
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / f"{name.split('/')[0]}.json"  # NAME/VIEW: another renderer of NAME.json
     if not path.exists():
         raise SystemExit(f"{page}: bench table {name!r} needs {path}, which does not exist (run the bench with "
                          f"--json {path})")
@@ -75,10 +77,10 @@ def rendered(page: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a page is out of date")
-    ap.add_argument("pages", nargs="*", type=Path, help="pages to render (default: docs/*.md)")
+    ap.add_argument("pages", nargs="*", type=Path, help="pages to render (default: README.md and docs/*.md)")
     args = ap.parse_args(argv)
     stale = []
-    for page in args.pages or sorted(DOCS.glob("*.md")):
+    for page in args.pages or [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
         text = rendered(page)
         if text == page.read_text():
             continue

@@ -195,6 +195,22 @@ def markdown(rows: list[dict], meta: dict, title: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(result: dict) -> str:
+    """The table's short form (README.md): per claim and compared pair, the paper's relative gains, ours with
+    its interval and the seeds, and the verdict."""
+    lines = ["| claim | paper: relative NDCG@10 gain | here: A − B, relative [95% paired bootstrap], seeds | "
+             "replicates? |", "| --- | --- | --- | --- |"]
+    last = None
+    for r in result["rows"]:
+        paper = "; ".join(f"{p['dataset']} {_pct(p['relative'])}" for p in r["paper"]) if r["claim"] != last else ""
+        title, last = (r["title"] if r["claim"] != last else ""), r["claim"]
+        here = "" if r["here"] is None else (
+            f"{r['here']}: {r['a']} − {r['b']} {_pct(r['relative'])} [{_pct(r['relative_low'])}, "
+            f"{_pct(r['relative_high'])}], seeds {' '.join(map(str, r['seeds']))}")
+        lines.append(f"| {title} | {paper} | {here} | {r['replicates']} |")
+    return "\n".join(lines) + "\n"
+
+
 def labelled(text: str) -> tuple[str, Path]:
     label, sep, path = text.partition("=")
     if not (sep and label and path):

@@ -107,6 +107,10 @@ def test_paper_table_numbers_and_verdicts(tmp_path):
     assert len(written["made"]["commit"]) == 40 and written["made"]["date"] and written["made"]["machine"]["cpus"]
     md = (tmp_path / "table" / "paper_table.md").read_text()
     assert "| ML: molar − sasrec | 0 1 | " in md and f"{-0.05 / sasrec:+.1%}" in md and "| no |" in md
+    short = paper_table.summary(written)  # the README's form of the same rows
+    assert (f"| ML: molar − content {0.03 / content:+.1%} [{above['relative_low']:+.1%}, "
+            f"{above['relative_high']:+.1%}], seeds 0 1 | yes |") in short
+    assert "| Molar vs SASRec | MovieLens-1M +58.4%; PixelRec +50.4%; Amazon clothing +30.3% |" in short
 
 
 def test_ablation_rows(tmp_path):
