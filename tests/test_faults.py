@@ -95,7 +95,7 @@ def _remove_outputs(root: Path, stage: str) -> None:
 MARKER = re.compile(r"^(epoch \d+/\d+ |embed: committed )")  # the progress lines stages print (stages/common.py,
 # stages/embed.py) when their output is not a terminal
 MARKED = ("finetune_encoder", "embed", "train_id", "train")
-MAX_ATTEMPTS = 6  # per trial of an unmarked stage: each kill that came too late is tried at half the delay
+MAX_ATTEMPTS = 6  # per trial: a kill that came after the stage ended is tried again (sooner, where unmarked)
 
 
 def _start(root: Path, stage: str) -> subprocess.Popen:
@@ -137,19 +137,23 @@ def _kill_after_marker(root: Path, stage: str, n_markers: int, first_s: float, r
     """Start the stage and SIGKILL it after marker k (k random below the reference run's count, so more work
     follows), a random part of the gap before that marker later; k = 0 kills before any marker, a random part of
     the reference run's time to its first one."""
-    k, part = rng.randrange(n_markers), rng.uniform(0.0, 1.0)
-    start = time.perf_counter()
-    proc = _start(root, stage)
-    times = _marker_times(proc)
-    last, seen = start, 0
-    while seen < k:
-        arrived = times.get(timeout=300)
-        assert arrived is not None, f"the stage ended after {seen} of {k} markers"
-        gap, last, seen = arrived - last, arrived, seen + 1
-    time.sleep(part * (first_s if k == 0 else gap))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return proc
+    for _ in range(MAX_ATTEMPTS):  # a kill that came after the stage ended (a long pause, a short last epoch)
+        k, part = rng.randrange(n_markers), rng.uniform(0.0, 1.0)  # is drawn again on fresh outputs
+        _remove_outputs(root, stage)
+        start = time.perf_counter()
+        proc = _start(root, stage)
+        times = _marker_times(proc)
+        last, seen = start, 0
+        while seen < k:
+            arrived = times.get(timeout=300)
+            assert arrived is not None, f"the stage ended after {seen} of {k} markers"
+            gap, last, seen = arrived - last, arrived, seen + 1
+        time.sleep(part * (first_s if k == 0 else gap))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if proc.returncode == -signal.SIGKILL:
+            return proc
+    pytest.fail(f"{stage} ended before every one of {MAX_ATTEMPTS} kills")
 
 
 def _kill_within(root: Path, stage: str, duration: float, rng: random.Random) -> subprocess.Popen:
@@ -160,10 +164,9 @@ def _kill_within(root: Path, stage: str, duration: float, rng: random.Random) ->
         _remove_outputs(root, stage)
         proc = _start(root, stage)
         time.sleep(delay)
-        running = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-        if running:
+        if proc.returncode == -signal.SIGKILL:  # (not poll() before the kill: the stage may end in between)
             return proc
         delay /= 2
     pytest.fail(f"{stage} ended before every one of {MAX_ATTEMPTS} kills")
