@@ -102,7 +102,7 @@ def start_ranking_workers() -> None:
 
 def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list[list[int]] | None,
                          targets: torch.Tensor, chunk: int | None = None, workers: int = 1) -> torch.Tensor:
-    """target_ranks with the users shared among `workers`: this process and workers - 1 spawned ones, each
+    """target_ranks with the users shared among `workers`: this process and workers - 1 worker processes, each
     holding every item. Users are cut into slices of whole user chunks, so every block of scores is the same
     matrix product as in one process and the ranks are identical, not merely close; the slices are handed out
     as workers become free, so this process ranks while the others still start (importing torch takes seconds)
@@ -162,8 +162,8 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
                 errors.append(err)
 
         feeders = [threading.Thread(target=feed, daemon=True) for _ in range(workers - 1)]
-        for t in feeders:
-            t.start()
+        for feeder in feeders:
+            feeder.start()
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -176,8 +176,8 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
             raise
         finally:
             torch.set_num_threads(before)
-            for t in feeders:
-                t.join()
+            for feeder in feeders:
+                feeder.join()
     finally:  # every slice is back (or failed): the workers need not be waited for while they exit
         pool.shutdown(wait=False, cancel_futures=True)
     if errors:
