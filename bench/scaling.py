@@ -162,7 +162,7 @@ def markdown(result: dict) -> str:
         t1 = next(x["seconds"] for x in rows if x["stage"] == r["stage"] and x["workers"] == 1)
         lines.append(f"| {label.get(r['stage'], r['stage'])} | {r['workers']} | {r['seconds']:.2f} | "
                      f"{t1 / r['seconds']:.2f}x | "
-                     f"{t1 / (r['workers'] * r['seconds']):.2f} | {'yes' if r['same_output'] else 'NO'} |")
+                     f"{r['efficiency']:.2f} | {'yes' if r['same_output'] else 'NO'} |")
     for c in (r for r in result["rows"] if "seconds_per_shard" in r):
         lines += ["", f"embed driver: {c['seconds_per_shard']:.3f} s to commit a shard of {c['shard_size']:,} "
                       f"x {c['dim']} vectors, a ceiling of {c['items_per_s']:,.0f} items/s whatever the actors"]

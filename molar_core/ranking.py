@@ -131,11 +131,13 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
             return next(todo, None)
 
     def share(i: int, copy: bool = False) -> tuple:
-        """Slice i's users, histories and targets; copy=True for a worker: sending a tensor moves its storage
+        """Slice i's (users, histories, targets); copy=True for a worker: sending a tensor moves its storage
         to shared memory, which must not happen to the storage this process is ranking from at that moment."""
         s, e = cuts[i]
         u, t = users[s:e], targets[s:e]
-        return (u.clone(), t.clone()) if copy else (u, t), histories[s:e] if histories is not None else None
+        if copy:
+            u, t = u.clone(), t.clone()
+        return u, histories[s:e] if histories is not None else None, t
 
     threads = max(1, usable_cpus() // workers)
     shared = items.clone().share_memory_()  # sent to each worker as it starts, while this process ranks with `items`
@@ -149,8 +151,7 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
             def send() -> tuple[int, Future] | None:
                 if (i := take()) is None:
                     return None
-                (u, t), h = share(i, copy=True)
-                return i, pool.submit(_ranks_of_slice, (u, h, t))
+                return i, pool.submit(_ranks_of_slice, share(i, copy=True))
             try:
                 queued = [job for job in (send(), send()) if job is not None]
                 while queued:
@@ -168,7 +169,7 @@ def sharded_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: li
         torch.set_num_threads(threads)
         try:
             while (i := take()) is not None:  # this process is a worker too
-                (u, t), h = share(i)
+                u, h, t = share(i)
                 out[i] = target_ranks(u, items, h, t, chunk)
         except BaseException:
             with lock:  # the feeders stop after their current slice

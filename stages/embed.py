@@ -58,6 +58,9 @@ def run(p: EmbedParams, root: Path = Path("."), runtime: RuntimeParams | None = 
     pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
     committed = 0
 
+    def log(msg: str) -> None:
+        console.print(f"embed: {msg}", markup=False, highlight=False)
+
     def after_flush(entry) -> None:
         """One line per committed shard: progress in a log, and the marker after which a kill loses nothing."""
         nonlocal committed
@@ -65,9 +68,6 @@ def run(p: EmbedParams, root: Path = Path("."), runtime: RuntimeParams | None = 
         log(f"committed {entry.file} ({entry.items:,} contents, {committed:,} this run)")
         if pause > 0:
             time.sleep(pause)
-
-    def log(msg: str) -> None:
-        console.print(f"embed: {msg}", markup=False, highlight=False)
 
     try:
         report = update_embeddings(root / paths.EMBEDDINGS, items, encoder, p.shard_size, runtime=runtime_info(),
