@@ -173,16 +173,23 @@ LR = "Peak learning rate of AdamW."
 
 
 class DistributedParams(Section):
-    """Data-parallel training (molar_core.distributed.ddp): the stage relaunches itself under torchrun."""
+    """Data-parallel training (molar_core.distributed.ddp): the stage relaunches itself under torchrun, or runs as
+    a Ray Train job on the `runtime` cluster."""
 
     world_size: int = Field(1, ge=1, description="Processes training one model, each on a slice of every batch "
                             "(gradients equal one process's up to float summation order); 1: no data parallelism.")
+    launcher: Literal["torchrun", "ray"] = Field("torchrun", description="torchrun: world_size processes on this "
+                                                 "machine; ray: Ray Train's TorchTrainer on the `runtime` cluster, "
+                                                 "processes on any of its nodes (the workspace must be on a "
+                                                 "filesystem every node mounts at the same path).")
+    cpus_per_process: float = Field(1.0, gt=0, description="launcher ray: CPUs Ray reserves for each process (its "
+                                    "torch threads when threads is 0).")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto: nccl "
                                                      "with CUDA, else gloo.")
-    max_restarts: int = Field(3, ge=0, description="torchrun restarts the group this often after a process dies; "
-                              "it resumes from the last finished epoch.")
+    max_restarts: int = Field(3, ge=0, description="torchrun (or Ray Train) restarts the group this often after a "
+                              "process dies; it resumes from the last finished epoch.")
     timeout_s: int = Field(1800, ge=1, description="Seconds a process waits for the others (joining the group, "
-                           "each collective) before it fails, so torchrun restarts the group; torch's default.")
+                           "each collective) before it fails, so the launcher restarts the group; torch's default.")
 
 
 class UserModelParams(Section):
@@ -445,7 +452,8 @@ class RayPoolParams(Section):
 
 
 class RuntimeParams(Section):
-    """Where distributed engines run (read by `embed` with `engine: ray`)."""
+    """Where distributed engines run (read by `embed` with `engine: ray`, and by the training stages with
+    `distributed.launcher: ray`)."""
 
     address: str = Field("local", description="local: a private Ray instance in the stage's process; auto: "
                          "RAY_ADDRESS or the cluster `ray start --head` runs here; host:port: that head.")
@@ -613,7 +621,8 @@ class Params(Section):
                                             "variant name maps to overrides of train keys (`artifacts/<name>/`).")
     finetune_encoder: FinetuneEncoderParams = Field(FinetuneEncoderParams(), description="Read by finetune_encoder "
                                                     "(with embed's prompts, pooling and image settings).")
-    runtime: RuntimeParams = Field(RuntimeParams(), description="Read by embed with engine ray.")
+    runtime: RuntimeParams = Field(RuntimeParams(), description="Read by embed with engine ray and by "
+                                   "train_id and train with distributed.launcher ray.")
     embed: EmbedParams = Field(EmbedParams(), description="Read by embed (the keys shaping a vector also by "
                                "finetune_encoder).")
     index: IndexParams = Field(IndexParams(), description="Read by index.")

@@ -50,12 +50,17 @@ def is_main_process() -> bool:
 
 def process_threads(threads: int) -> int:
     """Torch threads of one training process: `threads` (0: this machine's usable CPUs under torchrun, which
-    sets OMP_NUM_THREADS=1, else torch's default) shared among the processes of a data-parallel group."""
+    sets OMP_NUM_THREADS=1, the CPUs Ray reserved under Ray Train, else torch's default) shared among the
+    processes of a data-parallel group."""
     import os
+
+    from molar_core.distributed.ray_train import THREADS_ENV
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return threads or torch.get_num_threads()
+    if not threads and THREADS_ENV in os.environ:  # a Ray Train process: the CPUs Ray reserved for it
+        return int(os.environ[THREADS_ENV])
     return max(1, (threads or usable_cpus()) // world)
 
 
@@ -64,16 +69,24 @@ def train_processes(module: str, args: list[str], params: Params, d: Distributed
     """Run a training stage's `work` in this process (world_size 1), or in `d.world_size` processes: the stage
     relaunches itself under torchrun (`torch.distributed.run --standalone`, restarting the group up to
     `d.max_restarts` times after a process dies: it resumes from the last finished epoch), with the validated
-    params written to a file, and each process joins the group (gloo, or nccl with CUDA) before `work`. Rank 0
-    writes every output, so dvc.yaml does not change."""
+    params written to a file, and each process joins the group (gloo, or nccl with CUDA) before `work`. With
+    `d.launcher: ray` the processes are a Ray Train job on the `runtime` cluster instead, each calling the stage's
+    `main` with these params. Rank 0 writes every output, so dvc.yaml does not change."""
     import os
     import subprocess
     import tempfile
 
+    import torch.distributed as dist
     import yaml
 
     if d.world_size == 1:
         work()
+        return
+    if dist.is_available() and dist.is_initialized():  # a Ray Train process: the launcher formed the group
+        work()
+        return
+    if d.launcher == "ray":
+        train_on_ray_cluster(module, args, params, d)
         return
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # the launching process: start the group, wait for it
         with tempfile.TemporaryDirectory(prefix="molar-ddp-") as tmp:
@@ -88,8 +101,6 @@ def train_processes(module: str, args: list[str], params: Params, d: Distributed
             raise MolarError(f"{module}: the {d.world_size} training processes failed (exit code {code}; their "
                              "output is above)")
         return
-    import torch.distributed as dist
-
     import threading
     from datetime import timedelta
 
@@ -120,6 +131,32 @@ def train_processes(module: str, args: list[str], params: Params, d: Distributed
         work()
     finally:
         dist.destroy_process_group()
+
+
+def run_stage_main(module: str, args: list[str], params: dict) -> None:
+    """A training process of a Ray Train job: the stage's `main`, as `molar` calls it, with the driver's params."""
+    import importlib
+
+    importlib.import_module(module).main(Params.model_validate(params), *args)
+
+
+def train_on_ray_cluster(module: str, args: list[str], params: Params, d: DistributedParams) -> None:
+    """The stage as a Ray Train job of d.world_size processes on the `runtime` cluster, in this workspace."""
+    import functools
+
+    from molar_core.distributed.ray_cluster import RayConnection, connect
+    from molar_core.distributed.ray_train import RayTrainJob, train_on_ray
+
+    if not paths.STATS.is_file():
+        raise MolarError(f"{module}: {paths.STATS} is missing; run the prepare stage first")
+    ray = connect(RayConnection(**params.runtime.model_dump()), log_to_driver=True)  # the processes' progress
+    job = RayTrainJob(workers=d.world_size, workdir=str(Path.cwd().resolve()), shared_file=str(paths.STATS),
+                      shared_sha256=sha256_file(paths.STATS), cpus_per_worker=d.cpus_per_process,
+                      backend=d.backend, max_restarts=d.max_restarts, timeout_s=d.timeout_s)
+    try:
+        train_on_ray(job, functools.partial(run_stage_main, module, args, params.model_dump()), ray)
+    except MolarError as err:
+        raise MolarError(f"{module}: {err}") from None
 
 
 def training_sequences(sequences: list[list[int]], p: UserModelParams) -> list[list[int]] | EpochWindows:

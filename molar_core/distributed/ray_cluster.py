@@ -57,16 +57,17 @@ def probe(address: str, timeout_s: float) -> None:
                          "one with `ray start --head`, or set runtime.address: local") from None
 
 
-def connect(conn: RayConnection):
-    """Initialise Ray once per process (a second call reuses the connection) and return the module."""
+def connect(conn: RayConnection, log_to_driver: bool = False):
+    """Initialise Ray once per process (a second call reuses the connection) and return the module;
+    `log_to_driver` prints the workers' output here (a training job's progress lines)."""
     ray = import_ray()
     if ray.is_initialized():
         return ray
     address = resolve_address(conn.address)
     if address is None:
-        ray.init(num_cpus=conn.num_cpus, include_dashboard=False, log_to_driver=False,
+        ray.init(num_cpus=conn.num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
                  configure_logging=False)
     else:
         probe(address, conn.connect_timeout_s)
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        ray.init(address=address, log_to_driver=log_to_driver, configure_logging=False)
     return ray
