@@ -6,6 +6,9 @@ on the package index (`molar_core.data.acquire`, GroupLens is never contacted), 
 digests and cached across runs under MOLAR_TEST_CACHE (default: ~/.cache/molar-tests). The posters exist only in
 the shared copy: tests that need them skip without it (`needs_posters`), the others run text-only. Without
 network, the ML-100K tests skip naming what was tried; with MOLAR_CI set (.ci/run) they fail instead.
+
+Tests marked `gpu` skip where torch sees no CUDA device; MOLAR_REQUIRE_GPU=1 (set it on a GPU machine) makes a
+missing device an error instead of a skip.
 """
 
 from __future__ import annotations
@@ -29,6 +32,21 @@ ML100K_SHA256 = {
     "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
     "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
 }
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the `gpu` tests without a CUDA device (an error under MOLAR_REQUIRE_GPU)."""
+    marked = [item for item in items if "gpu" in item.keywords]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if os.environ.get("MOLAR_REQUIRE_GPU", "") not in ("", "0"):
+        raise pytest.UsageError(f"MOLAR_REQUIRE_GPU is set but torch sees no CUDA device ({len(marked)} gpu tests)")
+    for item in marked:
+        item.add_marker(pytest.mark.skip(reason="needs a CUDA device (gpu marker)"))
 
 
 def data_cache_dir() -> Path:
