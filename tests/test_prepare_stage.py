@@ -1,4 +1,5 @@
-"""The prepare stage end to end on the real shared datasets (skipped where ../shared/datasets lacks them).
+"""The prepare stage end to end on the real shared datasets (skipped where ../shared/datasets lacks them), and
+on a made-up sample in Amazon-Scientific's layout, which runs everywhere.
 
 Counts are checked against the raw files read here with the csv module, outputs are reloaded from disk,
 and a second run must write byte-identical parquet files.
@@ -130,11 +131,13 @@ def test_prepare_ml100k_recbole_atomic_with_posters(tmp_path):
     check_consistency(frames, stats)
 
 
-@pytest.mark.skipif(not AMAZON.exists(), reason=f"needs {AMAZON} (only in ../shared/datasets; not on PyPI)")
-def test_prepare_amazon_scientific_table(tmp_path):
+def check_amazon_table(d: Path, tmp_path: Path) -> tuple[dict, dict]:
+    """prepare on Amazon-Scientific's layout (interactions.csv: user_id, item_id, position; items.csv: item_id,
+    text) against a plain-Python reference: order by position (then file line), drop repeated items, keep users
+    with >= 5 items. Returns (stats, the raw rows' counts)."""
     p = PrepareParams(
         source="table",
-        table={"interactions": str(AMAZON / "interactions.csv"), "items": str(AMAZON / "items.csv"),
+        table={"interactions": str(d / "interactions.csv"), "items": str(d / "items.csv"),
                "user_col": "user_id", "item_col": "item_id", "time_col": "position", "text_cols": ["text"],
                "title_col": None},
         k_core_user=5,
@@ -142,12 +145,10 @@ def test_prepare_amazon_scientific_table(tmp_path):
     run_twice_identical(p, tmp_path)
     frames, stats = reload(tmp_path)
 
-    # plain-Python reference: order by position (then file line), drop repeated items, keep users with >= 5
-    with open(AMAZON / "interactions.csv", newline="") as fh:
+    with open(d / "interactions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    with open(AMAZON / "items.csv", newline="") as fh:
+    with open(d / "items.csv", newline="") as fh:
         texts = {r["item_id"]: r["text"] for r in csv.DictReader(fh)}
-    assert len(rows) == 59_384 and len(texts) == 4_385
     per_user = defaultdict(list)
     for line, r in enumerate(rows, start=2):
         per_user[r["user_id"]].append((float(r["position"]), line, r["item_id"]))
@@ -163,16 +164,16 @@ def test_prepare_amazon_scientific_table(tmp_path):
     n_dup = len(rows) - sum(map(len, seqs.values()))
 
     rows_stats = stats["rows"]
-    assert rows_stats["input"] == 59_384
-    assert rows_stats["kept"] + sum(rows_stats["dropped"].values()) == 59_384
+    assert rows_stats["input"] == len(rows)
+    assert rows_stats["kept"] + sum(rows_stats["dropped"].values()) == len(rows)
     assert rows_stats["dropped"]["duplicate"] == n_dup and rows_stats["dropped"]["unknown_item"] == 0
     assert rows_stats["kept"] == sum(map(len, kept.values()))
     assert stats["users"] == len(kept)
     assert stats["items"] == len({i for s in kept.values() for i in s})
-    assert stats["items_table_rows"] == 4_385
-    assert stats["items_without_interactions"] == 4_385 - stats["items"]
+    assert stats["items_table_rows"] == len(texts)
+    assert stats["items_without_interactions"] == len(texts) - stats["items"]
     assert stats["images"]["items_with_image"] == 0 and stats["images"]["item_coverage"] == 0.0
-    assert stats["images"]["missing_by_reason_in_items_table"] == {"no_image": 4_385}
+    assert stats["images"]["missing_by_reason_in_items_table"] == {"no_image": len(texts)}
 
     items, test = frames["items"], frames["test"]
     id2raw = dict(zip(items["item_id"], items["raw_item_id"]))
@@ -184,6 +185,42 @@ def test_prepare_amazon_scientific_table(tmp_path):
     assert first["title"] == first["raw_item_id"]  # no title column: the raw id
     assert first["text"] == f"Title: {first['raw_item_id']}. Text: {texts[first['raw_item_id']].strip()}"
     check_consistency(frames, stats)
+    return stats, {"rows": len(rows), "items": len(texts)}
+
+
+def write_amazon_layout_sample(d: Path, users: int = 60, items: int = 90, seed: int = 0) -> Path:
+    """A made-up dataset in Amazon-Scientific's layout with what the real file holds: ASIN-like ids, positions
+    with ties, repeated items, users left with fewer than 5 items, catalogue items nobody bought, padded text."""
+    rng = np.random.default_rng(seed)
+    asins = [f"B{n:09d}" for n in rng.choice(10**9, items, replace=False)]
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "items.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["item_id", "text"])
+        for a in asins:
+            w.writerow([a, f"  A {a[-3:]} kit, with \"quotes\", commas and a\nline break  "])
+    with open(d / "interactions.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["user_id", "item_id", "position"])
+        for u in range(users):
+            n = int(rng.integers(2, 12))
+            picks = rng.choice(items - 10, n)  # with repeats; the last 10 items are never bought
+            positions = np.sort(rng.integers(0, n, n)).astype(float)  # ties
+            for i, pos in zip(picks, positions):
+                w.writerow([f"A{u:012d}", asins[i], pos])
+    return d
+
+
+def test_prepare_amazon_layout_table_matches_a_plain_python_reference(tmp_path):
+    stats, counts = check_amazon_table(write_amazon_layout_sample(tmp_path / "data"), tmp_path / "out")
+    dropped = stats["rows"]["dropped"]
+    assert dropped["duplicate"] > 0 and dropped["k_core"] > 0 and stats["items_without_interactions"] >= 10
+
+
+@pytest.mark.skipif(not AMAZON.exists(), reason=f"needs {AMAZON} (only in ../shared/datasets; not on PyPI)")
+def test_prepare_amazon_scientific_table(tmp_path):
+    stats, counts = check_amazon_table(AMAZON, tmp_path)
+    assert counts == {"rows": 59_384, "items": 4_385}
 
 
 # ------------------------------------------------------------------------------------------------ sample_users
