@@ -25,13 +25,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cold_start, paper_table, scaling, sweep
+from bench import cold_start, limits, masked_search, paper_table, ranking, scaling, sweep, train_step
 from bench.common import ROOT
 
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "cold_start": cold_start.markdown,
+    "limits": limits.markdown,
+    "masked_search": masked_search.markdown,
+    "ranking": ranking.markdown,
+    "train_step": train_step.markdown,
     "scaling": scaling.markdown,
     "paper_table": lambda r: paper_table.markdown(r["rows"], r, title=False),
     "paper_table/summary": paper_table.summary,  # the README's short form of the same JSON

@@ -11,7 +11,7 @@ Workloads at the default params (params.yaml):
 FLOPs are counted by torch's FlopCounterMode over the real calls (embed, train) or exactly (2 x users x items x
 dim for the search). Bytes are the least traffic the workload needs: weights read once per batch, for training
 also gradients, AdamW state and the activations saved for backward (measured with saved-tensor hooks), for
-search the item matrix once per user batch. Targets (issue 7): >= 40% of the fp32 matmul ceiling in the
+search the item matrix once per user batch. Targets: >= 40% of the fp32 matmul ceiling in the
 embedding forward, >= 15% in the training step.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import ROOT, add_json_option, markdown_header, write_result
+from bench.common import ROOT, add_json_option, markdown_table, write_result
 from bench.machine import best_seconds, matmul_peak, memory_bandwidth
 from molar_core.data.synthetic import catalogue, generate, user_queries
 from molar_core.encoders import EncoderConfig, build_encoder
@@ -119,25 +119,35 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     peak, bw = matmul_peak(torch.float32), memory_bandwidth()
     ridge = peak / bw
-    print(f"{args.threads} thread(s): fp32 matmul ceiling {peak:.0f} GFLOP/s (2048^3), memory bandwidth "
-          f"{bw:.1f} GB/s (1 GiB copy); ridge point {ridge:.1f} FLOP/byte\n")
     rows = [embed_workload(args.data, Params().embed.batch_size), train_workload(args.steps), evaluate_workload()]
-    print(markdown_header(["workload", "GFLOP", "MB moved (least)", "FLOP/byte", "bound by", "ms", "GFLOP/s",
-                           "of matmul ceiling", "of roofline", "target"]))
     for r in rows:
         intensity = r["flops"] / r["bytes"]
         achieved = r["flops"] / r["seconds"] / 1e9
         roof = min(peak, intensity * bw)
-        target = TARGETS.get(r["key"])
-        verdict = "" if target is None else f">= {target:.0%}: {'met' if achieved / peak >= target else 'NOT met'}"
-        print(f"| {r['name']} | {r['flops'] / 1e9:.2f} | {r['bytes'] / 1e6:.1f} | {intensity:.1f} | "
-              f"{'compute' if intensity > ridge else 'memory'} | {r['seconds'] * 1e3:.1f} | {achieved:.1f} | "
-              f"{achieved / peak:.0%} | {achieved / roof:.0%} | {verdict} |")
         r.update(intensity=intensity, bound="compute" if intensity > ridge else "memory", gflops=achieved,
-                 of_peak=achieved / peak, of_roofline=achieved / roof, target=target)
+                 of_peak=achieved / peak, of_roofline=achieved / roof, target=TARGETS.get(r["key"]))
+    result = {"threads": args.threads, "matmul_peak_gflops": peak, "bandwidth_gbs": bw, "ridge_flop_per_byte": ridge,
+              "rows": rows}
+    print(markdown(result))
     if args.json is not None:
-        write_result(args.json, {"threads": args.threads, "matmul_peak_gflops": peak, "bandwidth_gbs": bw,
-                                 "ridge_flop_per_byte": ridge, "rows": rows})
+        write_result(args.json, result)
+
+
+def markdown(result: dict) -> str:
+    """The ceilings and the table the script prints, and docs/performance.md renders from
+    bench/results/limits.json."""
+    lines = []
+    for r in result["rows"]:
+        t = r["target"]
+        verdict = "" if t is None else f">= {t:.0%}: {'met' if r['of_peak'] >= t else 'NOT met'}"
+        lines.append((r["name"], f"{r['flops'] / 1e9:.2f}", f"{r['bytes'] / 1e6:,.1f}", f"{r['intensity']:.1f}",
+                      r["bound"], f"{r['seconds'] * 1e3:,.1f}", f"{r['gflops']:.1f}", f"{r['of_peak']:.0%}",
+                      f"{r['of_roofline']:.0%}", verdict))
+    return (f"{result['threads']} thread(s): fp32 matmul ceiling {result['matmul_peak_gflops']:.0f} GFLOP/s "
+            f"(2048^3), memory bandwidth {result['bandwidth_gbs']:.1f} GB/s (1 GiB copy); ridge point "
+            f"{result['ridge_flop_per_byte']:.1f} FLOP/byte\n\n"
+            + markdown_table(["workload", "GFLOP", "MB moved (least)", "FLOP/byte", "bound by", "ms", "GFLOP/s",
+                              "of matmul ceiling", "of roofline", "target"], lines) + "\n")
 
 
 if __name__ == "__main__":

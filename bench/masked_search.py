@@ -16,7 +16,7 @@ import argparse
 import faiss
 import numpy as np
 
-from bench.common import add_json_option, markdown_header, timed, write_result
+from bench.common import add_json_option, markdown_table, timed, write_result
 from molar_core.data.synthetic import catalogue, user_queries
 from molar_core.index import build_index, search_masked
 
@@ -49,6 +49,17 @@ def score(items: np.ndarray, users: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.einsum("ukd,ud->uk", items[ids - 1], users)
 
 
+def markdown(result: dict) -> str:
+    """The table the script prints and docs/performance.md renders from bench/results/masked_search.json."""
+    rows = [(f"{r['items']:,}", f"{r['plain_users_s']:,.0f}", f"{r['ours_users_s']:,.0f}", f"{r['speedup']:.1f}x")
+            for r in result["rows"]]
+    return (f"FAISS {result['faiss']} {result['index']} (exact), {result['threads']} thread(s), {result['users']:,} "
+            f"users with {result['history']} history items each, top-{result['k']} after masking, same results "
+            "checked\n\n"
+            + markdown_table([f"items x {result['dim']}", "previous (1,024 users a call, items mask): users/s",
+                              "now (BLAS-sized calls, integer keys): users/s", "speed-up"], rows) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -57,10 +68,6 @@ def main() -> None:
     add_json_option(ap)
     args = ap.parse_args()
     faiss.omp_set_num_threads(1)
-    print(f"FAISS {faiss.__version__} Flat (exact), 1 thread, {args.users:,} users with {args.history} history "
-          f"items each, top-{K} after masking\n")
-    print(markdown_header(["items x 64", "plain (1,024 a call, items mask): users/s",
-                           "ours (BLAS-sized calls, integer keys): users/s", "speed-up"]))
     out = []
     rng = np.random.default_rng(0)
     for n in args.items:
@@ -77,13 +84,13 @@ def main() -> None:
         same = np.array_equal(plain, ours) or np.allclose(score(items, users, plain), score(items, users, ours),
                                                           rtol=0, atol=1e-5)
         assert same, "the two versions disagree"
-        print(f"| {n:,} | {args.users / plain_s:,.0f} | {args.users / ours_s:,.0f} | {plain_s / ours_s:.1f}x |",
-              flush=True)
         out.append({"items": n, "plain_users_s": args.users / plain_s, "ours_users_s": args.users / ours_s,
                     "speedup": plain_s / ours_s})
+    result = {"faiss": faiss.__version__, "index": "Flat", "threads": 1, "users": args.users,
+              "history": args.history, "k": K, "dim": 64, "rows": out}
+    print(markdown(result))
     if args.json is not None:
-        write_result(args.json, {"faiss": faiss.__version__, "index": "Flat", "threads": 1, "users": args.users,
-                                 "history": args.history, "k": K, "dim": 64, "rows": out})
+        write_result(args.json, result)
 
 
 if __name__ == "__main__":

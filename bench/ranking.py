@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from bench.common import add_json_option, markdown_header, timed, write_result
+from bench.common import add_json_option, markdown_table, timed, write_result
 from molar_core.ranking import history_index, target_ranks, user_chunk
 
 
@@ -27,8 +27,17 @@ def plain_target_ranks(users: torch.Tensor, items: torch.Tensor, histories: list
         mask[history_index(hist)] = True
         sc = (users[s:s + chunk] @ items.T).masked_fill(mask, float("-inf"))
         t = sc.gather(1, (targets[s:s + chunk] - 1).unsqueeze(1))
-        out.append((sc > t).sum(1))
+        out.append((sc >= t).sum(1) - 1)  # ties ranked pessimistically, as target_ranks ranks them
     return torch.cat(out)
+
+
+def markdown(result: dict) -> str:
+    """The table the script prints and docs/performance.md renders from bench/results/ranking.json."""
+    rows = [(f"{r['items']:,}", f"{r['plain_users_s']:,.0f}", f"{r['ours_users_s']:,.0f}", f"{r['speedup']:.1f}x",
+             "yes" if r["same_ranks"] else "NO") for r in result["rows"]]
+    return (f"{result['users']:,} users, histories of {result['history']} items masked, dim {result['dim']}, "
+            f"{result['threads']} thread(s)\n\n"
+            + markdown_table(["items", "plain: users/s", "ours: users/s", "speed-up", "same ranks"], rows) + "\n")
 
 
 def main() -> None:
@@ -41,9 +50,6 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
-    print(f"exact ranking of {args.users:,} users (histories of {args.history} items masked), dim 64, "
-          f"{args.threads} thread(s)\n")
-    print(markdown_header(["items", "plain: users/s", "ours: users/s", "speed-up", "same ranks"]))
     rows = []
     for n in args.items:
         items, users = torch.randn(n, 64, generator=gen), torch.randn(args.users, 64, generator=gen)
@@ -51,14 +57,14 @@ def main() -> None:
         targets = torch.randint(1, n + 1, (args.users,), generator=gen)
         t_plain, r_plain = timed(lambda: plain_target_ranks(users, items, hist, targets), repeats=2)
         t_ours, r_ours = timed(lambda: target_ranks(users, items, hist, targets), repeats=2)
-        same = bool(torch.equal(r_plain, r_ours))
-        print(f"| {n:,} | {args.users / t_plain:,.0f} | {args.users / t_ours:,.0f} | {t_plain / t_ours:.1f}x | {same} |",
-              flush=True)
+        if not torch.equal(r_plain, r_ours):
+            raise SystemExit(f"{n:,} items: the two versions rank differently")
         rows.append({"items": n, "plain_users_s": args.users / t_plain, "ours_users_s": args.users / t_ours,
-                     "speedup": t_plain / t_ours, "same_ranks": same})
+                     "speedup": t_plain / t_ours, "same_ranks": True})
+    result = {"users": args.users, "history": args.history, "dim": 64, "threads": args.threads, "rows": rows}
+    print(markdown(result))
     if args.json is not None:
-        write_result(args.json, {"users": args.users, "history": args.history, "dim": 64,
-                                 "threads": args.threads, "rows": rows})
+        write_result(args.json, result)
 
 
 if __name__ == "__main__":

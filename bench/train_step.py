@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from bench.common import add_json_option, markdown_header, write_result
+from bench.common import add_json_option, markdown_table, write_result
 from molar_core.data.synthetic import generate
 from molar_core.models.content import ContentConfig, ContentUserModel
 from molar_core.models.molar import Molar, MolarLossConfig
@@ -101,16 +101,21 @@ def main() -> None:
     rows.append((f"SASRec sampled-softmax step, {args.items:,} items: sparse item table + lazy Adam vs AdamW "
                  "(train_id.sparse_item_updates)", large(True), large(False)))
 
-    print(f"\n{args.threads} threads, {args.steps} steps of 128 sequences x 50 positions "
-          f"({args.large_steps} for the {args.items:,}-item row)\n")
-    print(markdown_header(["comparison", "ours ms/step", "baseline ms/step", "speed-up"]))
-    for name, ours, base in rows:
-        print(f"| {name} | {ours * 1e3:.0f} | {base * 1e3:.0f} | {base / ours:.2f}x |")
+    result = {"threads": args.threads, "steps": args.steps, "large_steps": args.large_steps, "items": args.items,
+              "rows": [{"comparison": name, "ours_ms": ours * 1e3, "baseline_ms": base * 1e3, "speedup": base / ours}
+                       for name, ours, base in rows]}
+    print(markdown(result))
     if args.json is not None:
-        write_result(args.json, {"threads": args.threads, "steps": args.steps, "large_steps": args.large_steps,
-                                 "items": args.items, "rows": [{"comparison": name, "ours_ms": ours * 1e3,
-                                                                "baseline_ms": base * 1e3, "speedup": base / ours}
-                                                               for name, ours, base in rows]})
+        write_result(args.json, result)
+
+
+def markdown(result: dict) -> str:
+    """The table the script prints and docs/performance.md renders from bench/results/train_step.json."""
+    rows = [(r["comparison"], f"{r['ours_ms']:,.0f}", f"{r['baseline_ms']:,.0f}", f"{r['speedup']:.2f}x")
+            for r in result["rows"]]
+    return (f"{result['threads']} thread(s), {result['steps']} steps of 128 windows x 50 positions "
+            f"({result['large_steps']} for the {result['items']:,}-item row)\n\n"
+            + markdown_table(["comparison", "ours ms/step", "baseline ms/step", "speed-up"], rows) + "\n")
 
 
 if __name__ == "__main__":
