@@ -36,7 +36,7 @@ ML100K_SHA256 = {
 
 def pytest_collection_modifyitems(config, items):
     """Skip the `gpu` tests without a CUDA device (an error under MOLAR_REQUIRE_GPU)."""
-    marked = [item for item in items if "gpu" in item.keywords]
+    marked = [item for item in items if item.get_closest_marker("gpu")]
     if not marked:
         return
     import torch
