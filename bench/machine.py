@@ -38,7 +38,8 @@ def describe() -> dict:
 
 
 def checkout() -> dict:
-    """The commit this code is, and whether tracked files differ from it (then the numbers are not that commit's)."""
+    """The commit this code is, and whether tracked files differ from it (then the numbers are not that commit's).
+    Results and pages (bench/results, *.md) are outputs, not code: a bench run after another one is still clean."""
     def git(*args: str) -> str | None:
         try:
             return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
@@ -47,7 +48,8 @@ def checkout() -> dict:
             return None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results",
+                 ":(exclude)*.md")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
