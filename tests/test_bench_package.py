@@ -119,3 +119,27 @@ def test_helpers(tmp_path):
     out = write_result(tmp_path / "r.json", {"rows": [1]})
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved == out and saved["rows"] == [1] and "cpu" in saved["machine"] and "commit" in saved
+
+
+def test_a_checkout_is_dirty_for_changed_code_not_for_changed_results(tmp_path, monkeypatch):
+    import subprocess
+
+    from bench import machine
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", *args], check=True,
+                       capture_output=True)
+
+    (tmp_path / "bench/results").mkdir(parents=True)
+    for name in ("bench/results/r.json", "README.md", "code.py"):
+        (tmp_path / name).write_text("0\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    monkeypatch.setattr(machine, "ROOT", tmp_path)
+    assert machine.checkout()["dirty"] is False
+    (tmp_path / "bench/results/r.json").write_text("1\n")
+    (tmp_path / "README.md").write_text("1\n")
+    assert machine.checkout()["dirty"] is False  # a result and a page: outputs
+    (tmp_path / "code.py").write_text("1\n")
+    assert machine.checkout()["dirty"] is True
