@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cold_start, limits, masked_search, paper_table, ranking, scaling, sweep, train_step
+from bench import cold_start, limits, masked_search, paper_table, ranking, scaling, stopping, sweep, train_step
 from bench.common import ROOT
 
 RESULTS = ROOT / "bench" / "results"
@@ -35,6 +35,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "limits": limits.markdown,
     "masked_search": masked_search.markdown,
     "ranking": ranking.markdown,
+    "stopping": stopping.markdown,
     "train_step": train_step.markdown,
     "scaling": scaling.markdown,
     "paper_table": lambda r: paper_table.markdown(r["rows"], r, title=False),

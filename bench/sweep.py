@@ -112,7 +112,8 @@ def test_ndcg(ws: Path, model: str) -> dict:
     metrics = ws / "metrics" / ("train_id.json" if model == "sasrec" else f"train_{model}.json")
     run = read_json(metrics)
     return {"ndcg@10": float(per["ndcg@10"].mean()), "per_user_ndcg@10": per["ndcg@10"].round(6).tolist(),
-            "valid_ndcg@10": run["valid"].get("ndcg@10"), "train_s": run.get("train_seconds")}
+            "valid_ndcg@10": run["valid"].get("ndcg@10"), "train_s": run.get("train_seconds"),
+            "epochs_run": ckpt.config.get("epochs_run"), "best_epoch": ckpt.config.get("best_epoch")}
 
 
 def train_and_score(ws: Path, seed: int, model: str) -> None:
@@ -142,6 +143,10 @@ def load_runs(dirs: list[Path]) -> dict[int, dict[str, dict]]:
     by_seed: dict[int, dict[str, dict]] = {}
     for f in (f for d in dirs for f in sorted(Path(d).glob("seed*/results/*.json"))):
         r = read_json(f)
+        config = f.parents[1] / "artifacts" / r["model"] / "config.json"
+        if "epochs_run" not in r and config.exists():  # results written before they recorded the epochs
+            c = read_json(config)
+            r.update(epochs_run=c.get("epochs_run"), best_epoch=c.get("best_epoch"))
         by_seed.setdefault(r["seed"], {})[r["model"]] = r
     return dict(sorted(by_seed.items()))
 
@@ -201,6 +206,8 @@ def report(dirs: list[Path], against: list[str], pairs: list[tuple[str, str]] = 
         table.append({"model": m, "seeds": {s: by_seed[s][m]["ndcg@10"] for s in have},
                       "mean": float(np.mean(scores)) if have else None, "t95": t_interval(scores) if have else "",
                       "valid_mean": float(np.mean(valid)) if valid else None,  # the early-stopped runs' best
+                      "epochs_run": {s: by_seed[s][m].get("epochs_run") for s in have},
+                      "train_s": {s: by_seed[s][m].get("train_s") for s in have},
                       "against": {b: None if m == b else compare(by_seed, m, b) for b in against}})
     out = [{"a": a, "b": b, **pb} for a, b in pairs if (pb := compare(by_seed, a, b)) is not None]
     result = {"folders": [str(d) for d in dirs], "metric": "test ndcg@10", "seeds": seeds, "against": against,

@@ -169,3 +169,25 @@ def test_a_sweep_json_renders_in_the_docs_as_the_sweep_printed_it(tmp_path, caps
     assert printed.strip() in body  # the JSON (seed keys now strings) gives back the printed tables
     written = json.loads((results / "sweep_test.json").read_text())
     assert f"commit `{written['commit'][:7]}`" in body and written["date"][:10] in body  # where it was made
+
+
+def test_stopping_rows_pair_the_arms_and_count_the_epochs_from_the_checkpoints(tmp_path):
+    """bench/stopping.py: each rule's folder gives molar − content paired over users, and the epochs both arms
+    ran; results written before they recorded the epochs take them from the model's config.json."""
+    from bench import stopping
+
+    made = _sweep(tmp_path / "sw")
+    for seed in (0, 1):
+        for model, epochs in (("content", 30 + seed), ("molar", 20)):
+            config = tmp_path / "sw" / f"seed{seed}" / "artifacts" / model / "config.json"
+            config.parent.mkdir(parents=True)
+            config.write_text(json.dumps({"epochs_run": epochs, "best_epoch": epochs - 10}))
+    row = stopping.measure("rule", tmp_path / "sw", "molar", "content")
+    assert row["seeds"] == [0, 1] and row["epochs_run"] == 30 + 31 + 20 + 20 and row["train_s"] == 4.0
+    assert row["paired"]["diff"] == pytest.approx(0.03)
+    means = [made[s]["content"].mean() for s in (0, 1)]
+    assert row["mean_b"] == pytest.approx(np.mean(means))
+    table = stopping.markdown({"a": "molar", "b": "content", "rows": [row]})
+    assert "| rule | 0 1 |" in table and "| 101 | 0.0 |" in table
+    with pytest.raises(SystemExit, match="no seed has both molar_joint and content"):
+        stopping.measure("rule", tmp_path / "sw", "molar_joint", "content")
