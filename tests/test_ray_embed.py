@@ -147,3 +147,13 @@ def test_the_driver_killed_after_a_shard_reruns_only_what_was_not_committed(tmp_
     metrics = yaml.safe_load((killed / "metrics/embed.json").read_text())
     assert (metrics["embedded"], metrics["reused"]) == (6, 4)  # the committed shard's 4 items were kept
     assert files(killed) == files(clean)
+
+
+def test_a_pool_larger_than_the_cluster_fails_naming_the_keys_instead_of_waiting(tmp_path, ray_local):
+    from molar_core.errors import MolarError
+
+    write_items(tmp_path, TITLES)
+    p = EmbedParams(shard_size=5, batch_size=2, threads=1, engine="ray", ray={"actors": 3})
+    with pytest.raises(MolarError, match=r"embed.ray.actors 3 x cpus_per_actor 1, gpus_per_actor 0 need 3 CPUs in "
+                                         r"all, but the Ray cluster has 2"):
+        embed.run(p, tmp_path, RuntimeParams())

@@ -134,3 +134,24 @@ def test_a_workspace_a_node_cannot_see_fails_naming_the_node_and_the_path(tmp_pa
         check_shared_workdir(str(tmp_path / "elsewhere"), "stats.json", "0" * 64, "n2")
     with pytest.raises(MolarError, match="different from the driver's"):
         check_shared_workdir(str(tmp_path), "stats.json", "0" * 64, "n2")
+
+
+class _Cluster:
+    """What train_on_ray asks of a connected Ray module: the cluster's resources."""
+
+    def __init__(self, **resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+def test_a_job_larger_than_the_cluster_fails_naming_the_keys_instead_of_waiting():
+    from molar_core.distributed.ray_train import RayTrainJob, train_on_ray
+
+    job = RayTrainJob(workers=4, workdir="/w", shared_file="s", shared_sha256="0", cpus_per_worker=1.0)
+    with pytest.raises(MolarError, match=r"world_size 4 x cpus_per_process 1 need 4 CPUs in all, .* has 2"):
+        train_on_ray(job, lambda: None, _Cluster(CPU=2.0))
+    job.backend = "nccl"
+    with pytest.raises(MolarError, match=r"one GPU each with nccl\) need 4 GPUs in all, .* has 1"):
+        train_on_ray(job, lambda: None, _Cluster(CPU=8.0, GPU=1.0))

@@ -71,3 +71,13 @@ def connect(conn: RayConnection, log_to_driver: bool = False):
         probe(address, conn.connect_timeout_s)
         ray.init(address=address, log_to_driver=log_to_driver, configure_logging=False)
     return ray
+
+
+def require_resources(ray, need: dict[str, float], keys: str) -> None:
+    """Fail where the cluster lacks what a pool or job needs in total (`need`: {"CPU": n, "GPU": m}), naming the
+    params (`keys`) that asked for it: Ray would otherwise wait for the resources without end."""
+    have = ray.cluster_resources()
+    for kind, n in need.items():
+        if n > have.get(kind, 0):
+            raise MolarError(f"{keys} need {n:g} {kind}s in all, but the Ray cluster has {have.get(kind, 0):g}: "
+                             "lower them or add nodes")

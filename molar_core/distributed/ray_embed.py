@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from molar_core.distributed.ray_cluster import require_resources
 from molar_core.encoders.base import EncodeCounts, EncoderConfig, ItemEncoder, settings_hash
 from molar_core.errors import MolarError
 
@@ -65,6 +66,9 @@ class RayPoolEncoder(ItemEncoder):
 
         if pool.actors < 1:
             raise MolarError(f"embed.ray.actors must be >= 1, got {pool.actors}")
+        require_resources(ray, {"CPU": pool.actors * pool.cpus_per_actor, "GPU": pool.actors * pool.gpus_per_actor},
+                          f"embed.ray.actors {pool.actors} x cpus_per_actor {pool.cpus_per_actor:g}, gpus_per_actor "
+                          f"{pool.gpus_per_actor:g}")
         remote = ray.remote(num_cpus=pool.cpus_per_actor, num_gpus=pool.gpus_per_actor,
                             max_restarts=pool.max_restarts, max_task_retries=pool.max_restarts,
                             scheduling_strategy="SPREAD" if pool.spread else "DEFAULT")(_EncoderActor)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from molar_core.distributed.ray_cluster import require_resources
 from molar_core.errors import MolarError
 from molar_core.io import sha256_file
 
@@ -66,6 +67,9 @@ def train_on_ray(job: RayTrainJob, entry: Callable[[], None], ray) -> None:
     backend = job.backend
     if backend == "auto":
         backend = "nccl" if ray.cluster_resources().get("GPU", 0) > 0 else "gloo"
+    require_resources(ray, {"CPU": job.workers * job.cpus_per_worker, "GPU": job.workers if backend == "nccl" else 0},
+                      f"distributed.world_size {job.workers} x cpus_per_process {job.cpus_per_worker:g}"
+                      + (" (and one GPU each with nccl)" if backend == "nccl" else ""))
     storage = tempfile.mkdtemp(prefix="molar-ray-train-")  # Ray Train's run records; the outputs go to workdir
     try:
         trainer = TorchTrainer(
