@@ -1,7 +1,8 @@
 """Scaling efficiency of the stages that run on several workers: E = T1 / (W x TW), where T1 is one worker with
 one CPU and TW is W workers with one CPU each, measured in this script on the same inputs.
 
-    python -m bench.scaling --workers 1 2 [--items 4000] [--users 20000] [--catalogue 20000] [--json OUT]
+    python -m bench.scaling --workers 1 2 [--items 4000] [--users 20000] [--catalogue 20000] [--epochs 3] \
+        [--data ../shared/datasets/ml-100k] [--stages embed evaluate train] [--json OUT]
 
 - embed: `update_embeddings` with MiniLM on `--items` synthetic item texts, into a fresh cache each time; W = 1
   is the local engine with one torch thread, W > 1 the Ray actor pool (`embed.engine: ray`) with W actors of one
@@ -10,7 +11,11 @@ one CPU and TW is W workers with one CPU each, measured in this script on the sa
   histories of 20 items masked), this process and W - 1 workers of one thread each (W = 1: this process alone);
   the server the workers fork from is started before the data is made, as the evaluate stage starts it before
   loading its data, so the clock counts forking the workers but not their imports.
-Each result also checks the outputs equal W = 1's (cache bytes, ranks): a faster wrong answer is not counted.
+- train: the `train_id` stage (SASRec, default params, `--epochs` epochs with dropout 0) on ML-100K (`--data`) with
+  `distributed.world_size` W and one thread per process (`threads` W), each run its own process; the time is the
+  stage's own `train_seconds` (the epochs and their validations, not the process start or data loading).
+Each result also checks the outputs equal W = 1's (cache bytes, ranks; for training the best epoch and the item
+vectors within 2e-3, since W processes sum gradients in another order): a faster wrong answer is not counted.
 """
 
 from __future__ import annotations
@@ -122,13 +127,57 @@ def bench_evaluate(workers: list[int], users: int, catalogue: int) -> list[dict]
     return rows
 
 
+def bench_train(workers: list[int], data: Path, epochs: int) -> list[dict]:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    import yaml
+
+    from bench.common import ROOT
+    from molar_core.vectors import load_item_vectors
+    from pipeline.params import parse_params
+    from stages import prepare
+
+    tmp = Path(tempfile.mkdtemp(prefix="molar-bench-scaling-"))
+    try:
+        params = parse_params({"prepare": {"source": "recbole_atomic", "path": str(data)}})
+        prepare.run(params.prepare, tmp / "base")
+        rows, reference = [], None
+        for w in workers:
+            root = tmp / f"w{w}"
+            shutil.copytree(tmp / "base", root)
+            p = params.model_dump()
+            p["train_id"].update(max_epochs=epochs, patience=epochs, dropout=0.0, threads=w,
+                                 distributed={"world_size": w})
+            (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+            subprocess.run([sys.executable, "-m", "stages.train_id", "params.yaml"], cwd=root, env=env, check=True,
+                           capture_output=True)
+            metrics = json.loads((root / "metrics/train_id.json").read_text())
+            got = (metrics["best_epoch"], load_item_vectors(root / "artifacts/sasrec/item_vectors.safetensors"))
+            reference = reference or got
+            same = got[0] == reference[0] and bool(np.allclose(got[1], reference[1], atol=2e-3))
+            rows.append({"stage": "train", "workers": w, "seconds": metrics["train_seconds"], "epochs": epochs,
+                         "same_output": same})
+        return rows
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--items", type=int, default=4000)
     ap.add_argument("--users", type=int, default=20000)
     ap.add_argument("--catalogue", type=int, default=20000)
-    ap.add_argument("--stages", nargs="+", default=["embed", "evaluate"], choices=["embed", "evaluate"])
+    ap.add_argument("--epochs", type=int, default=3, help="train: SASRec epochs")
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets" /
+                    "ml-100k", help="train: ML-100K in RecBole atomic layout")
+    ap.add_argument("--stages", nargs="+", default=["embed", "evaluate", "train"],
+                    choices=["embed", "evaluate", "train"])
     add_json_option(ap)
     args = ap.parse_args()
     workers = sorted(set([1, *args.workers]))
@@ -137,6 +186,8 @@ def main() -> None:
         rows += bench_embed(workers, args.items)
     if "evaluate" in args.stages:
         rows += bench_evaluate(workers, args.users, args.catalogue)
+    if "train" in args.stages:
+        rows += bench_train(workers, args.data, args.epochs)
     for r in rows:
         t1 = next(x["seconds"] for x in rows if x["stage"] == r["stage"] and x["workers"] == 1)
         r["efficiency"] = t1 / (r["workers"] * r["seconds"])
@@ -155,7 +206,9 @@ def markdown(result: dict) -> str:
     a = result.get("args", {})
     label = {"embed": f"embed, MiniLM, {a.get('items', 0):,} items (W = 1 the local engine, W > 1 `engine: ray`)",
              "evaluate": f"evaluate, exact ranks of {a.get('users', 0):,} users x {a.get('catalogue', 0):,} items "
-                         f"x 64 (`evaluate.workers`)"}
+                         f"x 64 (`evaluate.workers`)",
+             "train": f"train_id, SASRec on ML-100K, {a.get('epochs', 3)} epochs (`distributed.world_size`, torchrun, "
+                      "gloo)"}
     lines = [markdown_header(["stage", "workers (1 CPU each)", "seconds", "speed-up vs 1",
                               "efficiency E = T1 / (W x TW)", "same output as 1 worker"])]
     for r in rows:
