@@ -180,34 +180,43 @@ def main() -> None:
 
     args.data = shared_split(args.data / "ml-100k")
     print(f"shared split: {args.data / 'ml-100k' / 'ml-100k.inter'}")
-    from bench.common import markdown_header, write_result
+    from bench.common import write_result
 
     rec = json.loads(args.recbole_json.read_text()) if args.recbole_json else spawn(args.recbole_python, "recbole", args)
     ours = spawn(sys.executable, "molar", args)
     target = max(r["valid_ndcg@10"] for r in rec["curve"])
     rec_reach, ours_reach = time_to_reach(rec["curve"], target), time_to_reach(ours["curve"], target)
-    print(f"\nML-100K, RecBole's protocol, {args.threads} thread(s). Target: RecBole's best validation NDCG@10 in "
-          f"{len(rec['curve'])} epochs = {target:.4f}\n")
-    print(markdown_header(["system", "s per epoch", "epochs", "time to reach target (s, epoch)", "peak RSS MiB",
-                           "test NDCG@10", "test Hit@10"]))
     table = []
     ours_name = "molar SASRec (train_id" + "".join(f", {s}" for s in args.set) + ")"
     for name, r, reach in (("RecBole 1.2.1 SASRec", rec, rec_reach), (ours_name, ours, ours_reach)):
-        per_epoch = sum(c["seconds"] for c in r["curve"]) / len(r["curve"])
-        got = f"{reach[0]:.1f} (epoch {reach[1]})" if reach else "not reached"
-        print(f"| {name} | {per_epoch:.1f} | {len(r['curve'])} | {got} | {r['peak_rss_mib']:.0f} | "
-              f"{r['test_ndcg@10']:.4f} | {r['test_hit@10']:.4f} |")
-        table.append({"system": name, "s_per_epoch": per_epoch, "epochs": len(r["curve"]),
-                      "reach_s": reach[0] if reach else None, "reach_epoch": reach[1] if reach else None,
-                      "peak_rss_mib": r["peak_rss_mib"], "test_ndcg@10": r["test_ndcg@10"],
-                      "test_hit@10": r["test_hit@10"], "run": r})
-    if rec_reach and ours_reach:
-        print(f"\ntime to RecBole's best validation quality: {rec_reach[0] / ours_reach[0]:.0f}x faster "
-              "(target >= 20x)")
+        table.append({"system": name, "s_per_epoch": sum(c["seconds"] for c in r["curve"]) / len(r["curve"]),
+                      "epochs": len(r["curve"]), "reach_s": reach[0] if reach else None,
+                      "reach_epoch": reach[1] if reach else None, "peak_rss_mib": r["peak_rss_mib"],
+                      "test_ndcg@10": r["test_ndcg@10"], "test_hit@10": r["test_hit@10"], "run": r})
+    result = {"threads": args.threads, "set": args.set, "target_valid_ndcg@10": target,
+              "speedup_to_target": rec_reach[0] / ours_reach[0] if rec_reach and ours_reach else None,
+              "rows": table}
+    print(markdown(result))
     if args.json is not None:
-        write_result(args.json, {"threads": args.threads, "set": args.set, "target_valid_ndcg@10": target,
-                                 "speedup_to_target": rec_reach[0] / ours_reach[0] if rec_reach and ours_reach
-                                 else None, "rows": table})
+        write_result(args.json, result)
+
+
+def markdown(result: dict) -> str:
+    """The table the script prints and docs/performance.md renders from bench/results/peers*.json."""
+    from bench.common import markdown_table
+
+    rows = []
+    for r in result["rows"]:
+        best = max(c["valid_ndcg@10"] for c in r["run"]["curve"])
+        rows.append((r["system"], f"{r['s_per_epoch']:.1f}", r["epochs"],
+                     f"{r['reach_s']:,.1f} s (epoch {r['reach_epoch']})" if r["reach_s"] is not None else "not reached",
+                     f"{best:.4f}", f"{r['peak_rss_mib']:.0f}", f"{r['test_ndcg@10']:.4f}", f"{r['test_hit@10']:.4f}"))
+    speed = result["speedup_to_target"]
+    return (f"ML-100K, RecBole's protocol, {result['threads']} thread(s); target: RecBole's best validation "
+            f"NDCG@10, {result['target_valid_ndcg@10']:.4f}\n\n"
+            + markdown_table(["system", "s per epoch", "epochs", "time to reach the target", "best validation NDCG@10",
+                              "peak RSS MiB", "test NDCG@10", "test Hit@10"], rows)
+            + ("" if speed is None else f"\n\ntime to RecBole's best validation quality: {speed:.1f}x faster") + "\n")
 
 
 if __name__ == "__main__":
