@@ -181,7 +181,8 @@ class DistributedParams(Section):
     launcher: Literal["torchrun", "ray"] = Field("torchrun", description="torchrun: world_size processes on this "
                                                  "machine; ray: Ray Train's TorchTrainer on the `runtime` cluster, "
                                                  "processes on any of its nodes (the workspace must be on a "
-                                                 "filesystem every node mounts at the same path).")
+                                                 "filesystem every node mounts at the same path). world_size 1 "
+                                                 "runs in the stage's own process with either.")
     cpus_per_process: float = Field(1.0, gt=0, description="launcher ray: CPUs Ray reserves for each process (its "
                                     "torch threads when threads is 0).")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto: nccl "
