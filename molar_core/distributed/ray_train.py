@@ -82,7 +82,7 @@ def train_on_ray(job: RayTrainJob, entry: Callable[[], None], ray) -> None:
         try:
             trainer.fit()
         except Exception as err:  # Ray Train's TrainingFailedError carries the processes' errors
-            raise MolarError(f"the {job.workers} training processes on Ray failed after {job.max_restarts} "
-                             f"restarts: {err}") from None
+            raise MolarError(f"the {job.workers} training processes on Ray failed (a failed group is restarted up "
+                             f"to {job.max_restarts} times): {err}") from None
     finally:
         shutil.rmtree(storage, ignore_errors=True)
