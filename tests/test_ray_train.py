@@ -155,3 +155,22 @@ def test_a_job_larger_than_the_cluster_fails_naming_the_keys_instead_of_waiting(
     job.backend = "nccl"
     with pytest.raises(MolarError, match=r"one GPU each with nccl\) need 4 GPUs in all, .* has 1"):
         train_on_ray(job, lambda: None, _Cluster(CPU=8.0, GPU=1.0))
+
+
+def test_a_process_that_fails_ends_the_job_in_an_error_carrying_its_message(cluster, tmp_path):
+    from molar_core.distributed.ray_train import RayTrainJob, train_on_ray
+    from molar_core.io import sha256_file
+
+    (tmp_path / "stats.json").write_text("{}")
+    job = RayTrainJob(workers=2, workdir=str(tmp_path), shared_file="stats.json",
+                      shared_sha256=sha256_file(tmp_path / "stats.json"), max_restarts=0, timeout_s=60)
+
+    def fails() -> None:
+        raise ValueError("the loss diverged at step 3")
+
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        with pytest.raises(MolarError, match=r"(?s)training processes on Ray failed.*the loss diverged at step 3"):
+            train_on_ray(job, fails, ray)
+    finally:
+        ray.shutdown()
