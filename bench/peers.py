@@ -34,8 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "datasets"
-# The workers run this file as a script (`python REPO/bench/peers.py --worker ROLE`, in a temporary directory): the
-# RecBole worker imports nothing of this checkout; ours gets it on PYTHONPATH. So nothing of it at module level.
+# The workers run this module (`python -m bench.peers --worker ROLE`, REPO on PYTHONPATH, in a temporary
+# directory): the RecBole worker imports nothing else of this checkout, so nothing of it at module level.
 
 
 def recbole_worker(data_root: Path, epochs: int, threads: int, out: Path) -> None:
@@ -147,10 +147,10 @@ def time_to_reach(curve: list[dict], target: float) -> tuple[float, int] | None:
 
 def spawn(python: str, role: str, args: argparse.Namespace) -> dict:
     out = Path(tempfile.mkdtemp(prefix="molar-peers-")) / f"{role}.json"
-    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": str(args.threads)}
-    if role == "molar":
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    cmd = [python, __file__, "--worker", role, "--epochs", str(args.epochs), "--threads", str(args.threads),
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": str(args.threads),
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    # as a module: run as a script, bench/ would head sys.path and bench/pipeline.py would shadow the package
+    cmd = [python, "-m", "bench.peers", "--worker", role, "--epochs", str(args.epochs), "--threads", str(args.threads),
            "--data", str(args.data), "--out", str(out), *[f"--set={s}" for s in args.set]]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=out.parent)  # RecBole writes log/ into its working directory

@@ -143,3 +143,21 @@ def test_a_checkout_is_dirty_for_changed_code_not_for_changed_results(tmp_path, 
     assert machine.checkout()["dirty"] is False  # a result and a page: outputs
     (tmp_path / "code.py").write_text("1\n")
     assert machine.checkout()["dirty"] is True
+
+
+@pytest.mark.slow
+def test_peers_runs_our_worker_in_its_own_process(ml100k, tmp_path):
+    """bench.peers spawns each system in its own process: ours runs the real stages under RecBole's protocol and
+    reports a validation curve and test metrics (one epoch here; RecBole's side needs its own environment)."""
+    import argparse
+    import shutil
+
+    from bench import peers
+
+    data = tmp_path / "ml-100k"
+    data.mkdir()
+    for name in ("ml-100k.inter", "ml-100k.item"):
+        shutil.copy(ml100k / name, data / name)
+    args = argparse.Namespace(epochs=1, threads=1, set=["train_id.max_epochs=1"], data=peers.shared_split(data))
+    ours = peers.spawn(sys.executable, "molar", args)
+    assert [c["epoch"] for c in ours["curve"]] == [1] and 0 < ours["test_ndcg@10"] < 1
