@@ -8,8 +8,8 @@ stopping rules, each rule a sweep folder (`bench.sweep --out OUT`) trained with 
         [--a molar --b content] [--json PATH]
 
 For each rule: both arms' test NDCG@10 (mean over seeds ± 95% t), A − B paired over the test users with the
-seeds pooled (bench.sweep.paired_gain), and what the rule costs: the epochs both arms ran over all seeds and
-their training seconds. The comparison does not turn on the rule where every row's interval has one sign.
+seeds pooled (bench.sweep.paired_gain), and what the rule costs: the epochs both arms ran over all seeds (the
+JSON also keeps their training seconds, which depend on what else ran on the machine). The comparison does not turn on the rule where every row's interval has one sign.
 """
 
 from __future__ import annotations
@@ -44,11 +44,10 @@ def markdown(result: dict) -> str:
     """The table the script prints and docs/results.md renders from bench/results/stopping.json."""
     a, b = result["a"], result["b"]
     rows = [(r["rule"], " ".join(map(str, r["seeds"])), r["t_b"], r["t_a"], diff_cell(r["paired"]),
-             "" if r["epochs_run"] is None else f"{r['epochs_run']:,}", f"{r['train_s'] / 3600:.1f}")
-            for r in result["rows"]]
+             "" if r["epochs_run"] is None else f"{r['epochs_run']:,}") for r in result["rows"]]
     return markdown_table(["data, stopping rule", "seeds", f"{b} (mean ± 95% t)", f"{a} (mean ± 95% t)",
                            f"{a} − {b}, paired bootstrap over users (seeds pooled)",
-                           "epochs run (both arms, all seeds)", "training hours (both arms)"], rows) + "\n"
+                           "epochs run (both arms, all seeds)"], rows) + "\n"
 
 
 def parse_rule(text: str) -> tuple[str, Path]:

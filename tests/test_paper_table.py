@@ -188,6 +188,6 @@ def test_stopping_rows_pair_the_arms_and_count_the_epochs_from_the_checkpoints(t
     means = [made[s]["content"].mean() for s in (0, 1)]
     assert row["mean_b"] == pytest.approx(np.mean(means))
     table = stopping.markdown({"a": "molar", "b": "content", "rows": [row]})
-    assert "| rule | 0 1 |" in table and "| 101 | 0.0 |" in table
+    assert "| rule | 0 1 |" in table and table.rstrip().endswith("| 101 |")
     with pytest.raises(SystemExit, match="no seed has both molar_joint and content"):
         stopping.measure("rule", tmp_path / "sw", "molar_joint", "content")
