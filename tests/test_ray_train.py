@@ -5,6 +5,7 @@ run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import shutil
@@ -121,8 +122,6 @@ def test_a_process_killed_mid_run_is_restarted_and_ends_as_an_uninterrupted_run(
     finally:
         proc.kill()
     assert proc.returncode == 0, ("".join(seen) + out)[-3000:]
-    import json
-
     cfg = json.loads((root / "artifacts/sasrec/config.json").read_text())
     assert cfg["resumed_after_epoch"] is not None  # the restarted group did resume
     assert _without_launcher(_artifacts(root)) == _without_launcher(_artifacts(torchrun_run))
