@@ -306,3 +306,15 @@ def test_auto_backend_takes_vllm_only_for_the_mllm_encoder_where_it_imports(monk
     monkeypatch.setattr(backends, "vllm_unavailable_reason", lambda: "`import vllm` failed")
     choice = backends.choose_backend("auto", False, "mllm")
     assert choice.used == "transformers" and choice.note is None
+
+
+def test_the_tiny_model_is_built_once_into_the_cache_and_equals_a_fresh_build(tmp_path, monkeypatch):
+    from molar_core.encoders.tiny import cached_tiny_qwen2vl
+
+    monkeypatch.setenv("MOLAR_CACHE_DIR", str(tmp_path / "cache"))
+    first = cached_tiny_qwen2vl(seed=0)
+    stamp = (first / "config.json").stat().st_mtime_ns
+    assert cached_tiny_qwen2vl(seed=0) == first and (first / "config.json").stat().st_mtime_ns == stamp  # reused
+    assert first.parent == tmp_path / "cache" and [p.name for p in first.parent.iterdir()] == [first.name]
+    assert model_fingerprint(first) == model_fingerprint(build_tiny_qwen2vl(tmp_path / "fresh", seed=0))
+    assert cached_tiny_qwen2vl(seed=1) != first  # another seed, another model

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import torch
 
 from molar_core.encoders.backends import choose_backend
 from molar_core.encoders.base import EncoderConfig, EncoderError, ItemEncoder, locate_model, model_fingerprint
 
 DEFAULT_MLLM = "Qwen/Qwen2-VL-2B-Instruct"  # the paper's item encoder
-TINY = "tiny"  # embed.model: tiny builds a tiny random Qwen2-VL (seed 0): a from-scratch encoder
+TINY = "tiny"  # embed.model: tiny, a tiny random Qwen2-VL (seed 0), built once per machine: a from-scratch encoder
 
 
 def build_encoder(cfg: EncoderConfig) -> ItemEncoder:
@@ -19,7 +16,6 @@ def build_encoder(cfg: EncoderConfig) -> ItemEncoder:
     choice = choose_backend(cfg.backend, cfg.fallback_to_transformers, cfg.encoder)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    keep: tempfile.TemporaryDirectory | None = None
     if cfg.encoder == "sentence":
         from molar_core.encoders.sentence import SentenceEncoder, default_model_dir
 
@@ -37,10 +33,9 @@ def build_encoder(cfg: EncoderConfig) -> ItemEncoder:
 
         name = cfg.model or DEFAULT_MLLM
         if name == TINY:
-            from molar_core.encoders.tiny import build_tiny_qwen2vl
+            from molar_core.encoders.tiny import cached_tiny_qwen2vl
 
-            keep = tempfile.TemporaryDirectory(prefix="molar-tiny-qwen2vl-")
-            model_dir = build_tiny_qwen2vl(Path(keep.name) / "model", seed=0)
+            model_dir = cached_tiny_qwen2vl(seed=0)
         else:
             model_dir = locate_model(name, cfg.revision)
         cls = VllmMllmEncoder if choice.used == "vllm" else MllmEncoder
@@ -56,5 +51,4 @@ def build_encoder(cfg: EncoderConfig) -> ItemEncoder:
         if bars:
             hf_logging.enable_progress_bar()
     encoder.backend_note = choice.note
-    encoder._tmp_model_dir = keep  # a tiny model's directory lives as long as its encoder
     return encoder

@@ -7,6 +7,10 @@ The build is deterministic for a seed (same files, same fingerprint), so caches 
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -116,3 +120,39 @@ def _save_quietly(model, target: Path) -> None:
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+def cache_root() -> Path:
+    """Where built models are kept between runs: MOLAR_CACHE_DIR, else $XDG_CACHE_HOME/molar, else ~/.cache/molar."""
+    if os.environ.get("MOLAR_CACHE_DIR"):
+        return Path(os.environ["MOLAR_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "molar"
+
+
+def cached_tiny_qwen2vl(seed: int = 0) -> Path:
+    """The default tiny model (`embed.model: tiny`), built once per machine into cache_root() and reused.
+
+    A temporary directory per encoder was left behind whenever its process was killed (a Ray actor, a fault
+    test). The directory is keyed by the seed, this file and the tokenizer and transformers versions, built beside
+    its final name and renamed into place, so a reader never sees a partial model and two processes building at
+    once both end with the same files (the build is deterministic; the loser's copy is removed)."""
+    import tokenizers
+    import transformers
+
+    key = hashlib.sha256(Path(__file__).read_bytes()
+                         + f"{seed} {tokenizers.__version__} {transformers.__version__}".encode()).hexdigest()[:16]
+    target = cache_root() / f"tiny-qwen2vl-{key}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        built = build_tiny_qwen2vl(staging / "model", seed=seed)
+        try:
+            os.rename(built, target)
+        except OSError:
+            if not target.is_dir():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
