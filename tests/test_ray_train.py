@@ -24,8 +24,6 @@ from stages import embed, prepare  # noqa: E402
 from tests.conftest import small_params  # noqa: E402
 from tests.test_ddp_stage import REPO, _artifacts, stage  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -80,6 +78,7 @@ def _without_launcher(artifacts: dict) -> dict:
     return {**artifacts, "config": cfg}
 
 
+@pytest.mark.slow
 def test_ray_train_on_two_nodes_trains_the_torchrun_models(base, cluster, torchrun_run, tmp_path):
     root = workspace(base, tmp_path / "ray", "ray", cluster.address)
     stage(root, "stages.train_id")
@@ -101,6 +100,7 @@ def _ray_train_workers() -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_a_process_killed_mid_run_is_restarted_and_ends_as_an_uninterrupted_run(base, cluster, torchrun_run,
                                                                                  tmp_path):
     root = workspace(base, tmp_path / "killed", "ray", cluster.address)
@@ -156,6 +156,7 @@ def test_a_job_larger_than_the_cluster_fails_naming_the_keys_instead_of_waiting(
         train_on_ray(job, lambda: None, _Cluster(CPU=8.0, GPU=1.0))
 
 
+@pytest.mark.slow
 def test_a_process_that_fails_ends_the_job_in_an_error_carrying_its_message(cluster, tmp_path):
     from molar_core.distributed.ray_train import RayTrainJob, train_on_ray
     from molar_core.io import sha256_file
