@@ -130,14 +130,11 @@ def bench_evaluate(workers: list[int], users: int, catalogue: int) -> list[dict]
 
 def bench_train(workers: list[int], data: Path, epochs: int) -> list[dict]:
     import json
-    import os
-    import subprocess
-    import sys
 
     import numpy as np
     import yaml
 
-    from bench.common import ROOT
+    from bench.stage_process import run_stage
     from molar_core.vectors import load_item_vectors
     from pipeline.params import parse_params
     from stages import prepare
@@ -154,9 +151,7 @@ def bench_train(workers: list[int], data: Path, epochs: int) -> list[dict]:
             p["train_id"].update(max_epochs=epochs, patience=epochs, dropout=0.0, threads=w,
                                  distributed={"world_size": w})
             (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-            subprocess.run([sys.executable, "-m", "stages.train_id", "params.yaml"], cwd=root, env=env, check=True,
-                           capture_output=True)
+            run_stage(root, ["stages.train_id"], root / "train_id.log")
             metrics = json.loads((root / "metrics/train_id.json").read_text())
             got = {"best_epoch": metrics["best_epoch"], "valid_ndcg@10": metrics["valid"]["ndcg@10"],
                    "items": load_item_vectors(root / "artifacts/sasrec/item_vectors.safetensors")}
