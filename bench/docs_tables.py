@@ -40,8 +40,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "train_step": train_step.markdown,
     "scaling": scaling.markdown,
     "paper_table": lambda r: paper_table.markdown(r["rows"], r, title=False),
-    "paper_table/summary": paper_table.summary,
-    "peers": peers.markdown,  # also bench/results/peers_*.json  # the README's short form of the same JSON
+    "paper_table/summary": paper_table.summary,  # the README's short form of the same JSON
+    "peers": peers.markdown,  # also bench/results/peers_*.json
     "sweep": sweep.markdown,  # any bench/results/sweep*.json (`python -m bench.sweep ... --json`)
 }
 BLOCK = re.compile(r"(?P<open><!-- bench-table: (?P<name>[\w/-]+) -->\n)(?P<body>.*?)(?P<close><!-- /bench-table -->)",
