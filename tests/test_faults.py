@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -132,23 +133,16 @@ def _finish(root: Path, stage: str) -> tuple[float, str, list[float]]:
     return time.perf_counter() - t, out, markers
 
 
-def _kill_after_marker(root: Path, stage: str, n_markers: int, first_s: float, rng: random.Random
-                       ) -> subprocess.Popen:
-    """Start the stage and SIGKILL it after marker k (k random below the reference run's count, so more work
-    follows), a random part of the gap before that marker later; k = 0 kills before any marker, a random part of
-    the reference run's time to its first one."""
-    for _ in range(MAX_ATTEMPTS):  # a kill that came after the stage ended (a long pause, a short last epoch)
-        k, part = rng.randrange(n_markers), rng.uniform(0.0, 1.0)  # is drawn again on fresh outputs
+def _kill_until_it_lands(root: Path, stage: str, wait: Callable[[subprocess.Popen, float, int], None]
+                         ) -> subprocess.Popen:
+    """Start the stage on fresh outputs and SIGKILL it once `wait(proc, start, attempt)` returns. A kill that came
+    after the stage ended is tried again, up to MAX_ATTEMPTS; whether it landed is read from the exit status (-9),
+    not from a poll before the kill: the stage may end in between."""
+    for attempt in range(MAX_ATTEMPTS):
         _remove_outputs(root, stage)
         start = time.perf_counter()
         proc = _start(root, stage)
-        times = _marker_times(proc)
-        last, seen = start, 0
-        while seen < k:
-            arrived = times.get(timeout=300)
-            assert arrived is not None, f"the stage ended after {seen} of {k} markers"
-            gap, last, seen = arrived - last, arrived, seen + 1
-        time.sleep(part * (first_s if k == 0 else gap))
+        wait(proc, start, attempt)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if proc.returncode == -signal.SIGKILL:
@@ -156,20 +150,29 @@ def _kill_after_marker(root: Path, stage: str, n_markers: int, first_s: float, r
     pytest.fail(f"{stage} ended before every one of {MAX_ATTEMPTS} kills")
 
 
+def _kill_after_marker(root: Path, stage: str, n_markers: int, first_s: float, rng: random.Random
+                       ) -> subprocess.Popen:
+    """Start the stage and SIGKILL it after marker k (k random below the reference run's count, so more work
+    follows), a random part of the gap before that marker later; k = 0 kills before any marker, a random part of
+    the reference run's time to its first one. A kill that came after the stage ended (a long pause, a short
+    last epoch) is drawn again."""
+    def wait(proc: subprocess.Popen, start: float, attempt: int) -> None:
+        k, part = rng.randrange(n_markers), rng.uniform(0.0, 1.0)
+        times = _marker_times(proc)
+        last, seen = start, 0
+        while seen < k:
+            arrived = times.get(timeout=300)
+            assert arrived is not None, f"the stage ended after {seen} of {k} markers"
+            gap, last, seen = arrived - last, arrived, seen + 1
+        time.sleep(part * (first_s if k == 0 else gap))
+    return _kill_until_it_lands(root, stage, wait)
+
+
 def _kill_within(root: Path, stage: str, duration: float, rng: random.Random) -> subprocess.Popen:
     """Start the stage and SIGKILL it a random part of `duration` in; a kill that came after the stage ended is
-    redone on fresh outputs at half the delay, so the kill lands in the run however fast the machine is today."""
+    redone at half the delay, so the kill lands in the run however fast the machine is today."""
     delay = rng.uniform(0.2, 1.0) * duration
-    for _ in range(MAX_ATTEMPTS):
-        _remove_outputs(root, stage)
-        proc = _start(root, stage)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
-        if proc.returncode == -signal.SIGKILL:  # (not poll() before the kill: the stage may end in between)
-            return proc
-        delay /= 2
-    pytest.fail(f"{stage} ended before every one of {MAX_ATTEMPTS} kills")
+    return _kill_until_it_lands(root, stage, lambda proc, start, attempt: time.sleep(delay / 2 ** attempt))
 
 
 def _done_before_kill(root: Path, stage: str) -> int | None:
