@@ -71,11 +71,11 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _artifacts(root: Path) -> dict:
-    cfg = json.loads((root / "artifacts/sasrec/config.json").read_text())
+def _artifacts(root: Path, model: str = "sasrec") -> dict:
+    cfg = json.loads((root / f"artifacts/{model}/config.json").read_text())
     timing = {"train_seconds", "runtime", "resumed_after_epoch"}
     return {"config": {k: v for k, v in cfg.items() if k not in timing},
-            **{f: (root / "artifacts/sasrec" / f).read_bytes()
+            **{f: (root / "artifacts" / model / f).read_bytes()
                for f in ("model.safetensors", "item_vectors.safetensors", "user_vectors.safetensors")}}
 
 
