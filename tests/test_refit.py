@@ -53,7 +53,8 @@ def test_refit_saves_a_model_trained_on_validation_items_for_the_best_epoch_coun
     root = refit_workspace
     p = small_params(ml_small, models=("sasrec",), max_epochs=4, patience=100, refit=True)
     torch.set_num_threads(1)
-    slow = 0.4  # each validation sleeps this long: only the early-stopped run validates, so its time is the longer
+    slow = 1.0  # each validation sleeps this long (longer than the refit's four epochs take): only the early-stopped
+    # run validates, so a refit time that held the four validations would reach 4 * slow
     ranking_metrics = train_id.ranking_metrics
     monkeypatch.setattr(train_id, "ranking_metrics", lambda *a: (time.sleep(slow), ranking_metrics(*a))[1])
     t0 = time.perf_counter()
@@ -81,7 +82,7 @@ def test_refit_saves_a_model_trained_on_validation_items_for_the_best_epoch_coun
     assert timing["train_seconds"] == round(config["train_seconds"], 1)
     assert timing["refit_seconds"] + timing["train_seconds"] <= wall + 0.1  # both runs happened inside the call
     assert timing["train_seconds"] >= 4 * slow  # the early-stopped run's time holds its four validations
-    assert timing["refit_seconds"] <= timing["train_seconds"] - 3 * slow  # and the refit's does not
+    assert timing["refit_seconds"] < 4 * slow  # and the refit's does not
 
     index.run(p.index, root)
     metrics = evaluate.run(p.evaluate, p.protocol, root)
