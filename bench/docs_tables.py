@@ -25,20 +25,22 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import (cold_start, limits, masked_search, paper_table, peers, ranking, scaling, stopping, sweep,
-                   train_step)
+from bench import (cold_start, index_scale, limits, masked_search, paper_table, peers, ranking, scale, scaling,
+                   stopping, sweep, train_step)
 from bench.common import ROOT
 
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "cold_start": cold_start.markdown,
+    "index_scale": index_scale.markdown,
     "limits": limits.markdown,
     "masked_search": masked_search.markdown,
     "ranking": ranking.markdown,
     "stopping": stopping.markdown,
     "train_step": train_step.markdown,
     "scaling": scaling.markdown,
+    "scale": scale.markdown,  # also bench/results/scale_*.json (a setting beside the default, its own --out)
     "paper_table": lambda r: paper_table.markdown(r["rows"], r, title=False),
     "paper_table/summary": paper_table.summary,  # the README's short form of the same JSON
     "peers": peers.markdown,  # also bench/results/peers_*.json

@@ -1,7 +1,8 @@
 """Which FAISS index for a catalogue of N items: Recall@10 against exact search and the query speed-up over it.
 
     python -m bench.index_scale [--items 10000 100000 1000000] [--dim 64] [--queries 2000] [--threads 1] [--hnsw]
-                               [--fastscan [--refine 16]] [--deep | --nprobes 1024 1536 ...] [--json PATH]
+                               [--hnsw-max-items 100000] [--fastscan [--refine 16]] [--deep | --nprobes 1024 1536 ...]
+                               [--json PATH]
     python -m bench.index_scale --workspace . --model content      # the real item and user vectors of a workspace
 
 Synthetic catalogues come from molar_core.data.synthetic.catalogue (unit vectors around one topic per 100 items,
@@ -22,7 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from bench.common import add_json_option, markdown_header, timed, write_result
+from bench.common import add_json_option, markdown_header, markdown_table, timed, write_result
 from molar_core.data.synthetic import catalogue, user_queries
 from molar_core.index import build_index, overlap_recall, set_search_params
 
@@ -73,6 +74,30 @@ def scanned_share(index: faiss.Index, queries: np.ndarray) -> float | None:
     return float(sizes[lists].sum(1).mean() / ivf.ntotal)
 
 
+def markdown(result: dict) -> str:
+    """One line per catalogue and index: every search setting's Recall@10 and speed-up against exact search in
+    the same process, and the fastest setting with Recall@10 >= 0.99 (what docs/performance.md renders from
+    bench/results/index_scale.json)."""
+    exact = {r["catalogue"]: r for r in result["rows"] if r["index"] == "Flat (exact)"}
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in result["rows"]:
+        if r["index"] != "Flat (exact)":
+            groups.setdefault((r["catalogue"], r["index"]), []).append(r)
+    lines = []
+    for (catalogue, index), rows in groups.items():
+        cells = "; ".join(f"{r['setting'].split('=')[1].split(',')[0]}: {r['recall']:.3f} at {r['speedup']:.1f}x"
+                          for r in rows)
+        lines.append((catalogue, f"{exact[catalogue]['qps']:,.0f}", f"{index} ({rows[0]['setting'].split('=')[0]})",
+                      f"{rows[0]['build_s']:.1f}", cells))
+    picks = [(p["catalogue"], f"{p['pick']['index']} {p['pick']['setting']}: {p['pick']['recall']:.4f} at "
+              f"{p['pick']['speedup']:.1f}x" if p["pick"] else "none reaches 0.99") for p in result["picks"]]
+    return (f"FAISS {result['faiss']}, {result['threads']} thread(s), top {result['k']}, "
+            f"{result.get('queries', 2000):,} users\n\n"
+            + markdown_table(["catalogue", "exact queries/s", "index (search setting)", "build s",
+                              "setting: Recall@10 vs exact at speed-up vs exact"], lines)
+            + "\n\n" + markdown_table(["catalogue", "fastest setting with Recall@10 >= 0.99"], picks) + "\n")
+
+
 def run(label: str, items: np.ndarray, queries: np.ndarray, hnsw: bool, fastscan: bool,
         deep: bool = False, nprobes: list[int] | None = None, refine: int = K_FACTOR) -> list[dict]:
     n = len(items)
@@ -113,7 +138,9 @@ def main() -> None:
     ap.add_argument("--spread", type=float, default=1.0, help="within-topic spread of the synthetic catalogue")
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--hnsw", action="store_true", help="also HNSW32 (slow to build on a few cores at 1e6)")
+    ap.add_argument("--hnsw", action="store_true", help="also HNSW32")
+    ap.add_argument("--hnsw-max-items", type=int, default=None,
+                    help="build HNSW32 only for catalogues up to this size (it takes hours at 1e6 on one core)")
     ap.add_argument("--fastscan", action="store_true", help="also IVF with 4-bit PQ fast-scan lists + exact re-rank")
     ap.add_argument("--deep", action="store_true", help="probe lists of floats up to nlist / 8 (default: 512)")
     ap.add_argument("--refine", type=int, default=K_FACTOR, help="fast-scan: top k x this re-ranked exactly")
@@ -140,7 +167,8 @@ def main() -> None:
             cases.append((f"synthetic {n:,} x {args.dim}", items, user_queries(items, args.queries, seed=1)))
     for label, items, queries in cases:
         rows = run(label, np.ascontiguousarray(items, np.float32), np.ascontiguousarray(queries, np.float32),
-                   args.hnsw, args.fastscan, args.deep, args.nprobes, args.refine)
+                   args.hnsw and (args.hnsw_max_items is None or len(items) <= args.hnsw_max_items), args.fastscan,
+                   args.deep, args.nprobes, args.refine)
         print_rows(rows[:1])
         every += rows
         good = [r for r in rows[1:] if r["recall"] >= 0.99]
@@ -151,7 +179,8 @@ def main() -> None:
         print(f"| {label} | {r['index']} {r['setting']} | {r['recall']:.4f} | {r['speedup']:.1f}x |" if r
               else f"| {label} | none reached 0.99 | | |")
     if args.json is not None:
-        write_result(args.json, {"faiss": faiss.__version__, "threads": args.threads, "k": K, "rows": every,
+        write_result(args.json, {"faiss": faiss.__version__, "threads": args.threads, "k": K,
+                                 "queries": args.queries, "spread": args.spread, "rows": every,
                                  "picks": [{"catalogue": label, "pick": r} for label, r in picks]})
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import PARAMS, add_json_option, write_result
+from bench.common import PARAMS, add_json_option, markdown_table, write_result
 from bench.stage_process import run_stage
 from molar_core.data.synthetic import interaction_tables
 from molar_core.encoders.tiny import build_tiny_sentence_encoder
@@ -87,38 +87,53 @@ def run_size(out: Path, items: int, users: int, threads: int, seed: int, only: l
               f"{done[stage]['peak_rss_mib']:>8.0f} MiB", flush=True)
 
 
-def report(out: Path, json_out: Path | None = None) -> None:
+def table(runs: dict[int, dict]) -> list[dict]:
+    """Per stage: its record at each size, and its growth from the smallest size to the largest."""
+    sizes = sorted(runs)
+    first, last = sizes[0], sizes[-1]
+    out = []
+    for stage, _ in STAGES:
+        growth = None
+        if all(stage in runs[n] for n in (first, last)):
+            a, b = runs[first][stage], runs[last][stage]
+            growth = {"seconds": b["seconds"] / a["seconds"], "peak_rss_mib": b["peak_rss_mib"] / a["peak_rss_mib"]}
+        out.append({"stage": stage, "by_items": {str(n): runs[n].get(stage) for n in sizes},
+                    "growth_first_to_last": growth})
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The dataset line of each size and the stages' seconds and peak memory (what the script prints, and what
+    docs/performance.md renders from bench/results/scale.json)."""
+    sizes = [str(n) for n in result["sizes"]]
+    lines = [f"{int(n):,} items: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions"
+             for n, s in result["stats"].items()]
+    header = ["stage"] + [f"{int(n):,} items: {what}" for n in sizes for what in ("s", "peak MiB")]
+    header += [f"time {int(sizes[0]):,} -> {int(sizes[-1]):,}", f"memory {int(sizes[0]):,} -> {int(sizes[-1]):,}"]
+    rows = []
+    for t in result["stages"]:
+        cells = [t["stage"]]
+        for n in sizes:
+            r = t["by_items"].get(n)
+            cells += [f"{r['seconds']:,.1f}", f"{r['peak_rss_mib']:,.0f}"] if r else ["", ""]
+        g = t["growth_first_to_last"]
+        cells += [f"{g['seconds']:.1f}x", f"{g['peak_rss_mib']:.1f}x"] if g else ["", ""]
+        rows.append(cells)
+    return "\n".join(lines) + "\n\n" + markdown_table(header, rows) + "\n"
+
+
+def report(out: Path, json_out: Path | None = None) -> dict:
     sizes = sorted(int(p.name) for p in out.iterdir() if p.name.isdigit() and (p / "scale.json").exists())
     if not sizes:
         raise SystemExit(f"nothing has run under {out}")
     runs = {n: read_json(out / str(n) / "scale.json") for n in sizes}
-    stats = {n: read_json(out / str(n) / "data/prepared/stats.json") for n in sizes
+    stats = {str(n): read_json(out / str(n) / "data/prepared/stats.json") for n in sizes
              if (out / str(n) / "data/prepared/stats.json").exists()}
-    for n, s in stats.items():
-        print(f"{n:,} items: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions")
-    first, last = sizes[0], sizes[-1]
-    head = " | ".join(f"{n:,} items: s | peak MiB" for n in sizes)
-    growth = f"time {first:,} -> {last:,} | memory {first:,} -> {last:,}"
-    print(f"\n| stage | {head} | {growth} |")
-    print("| --- " * (2 + 2 * len(sizes) + 1) + "|")
-    table = []
-    for stage, _ in STAGES:
-        cells, ok = [], all(stage in runs[n] for n in (first, last))
-        for n in sizes:
-            r = runs[n].get(stage)
-            cells += [f"{r['seconds']:,.1f}", f"{r['peak_rss_mib']:,.0f}"] if r else ["", ""]
-        growth = None
-        if ok:
-            a, b = runs[first][stage], runs[last][stage]
-            growth = {"seconds": b["seconds"] / a["seconds"], "peak_rss_mib": b["peak_rss_mib"] / a["peak_rss_mib"]}
-            cells += [f"{growth['seconds']:.1f}x", f"{growth['peak_rss_mib']:.1f}x"]
-        else:
-            cells += ["", ""]
-        print(f"| {stage} | " + " | ".join(cells) + " |")
-        table.append({"stage": stage, "by_items": {n: runs[n].get(stage) for n in sizes},
-                      "growth_first_to_last": growth})
+    result = {"folder": str(out), "sizes": sizes, "stats": stats, "stages": table(runs)}
+    print(markdown(result))
     if json_out is not None:
-        write_result(json_out, {"folder": str(out), "sizes": sizes, "stats": stats, "stages": table})
+        write_result(json_out, result)
+    return result
 
 
 def main() -> None:
