@@ -23,7 +23,8 @@ import numpy as np
 import polars as pl
 
 from bench import sweep
-from bench.common import PARAMS, ROOT, add_json_option, diff_cell, markdown_header, relative_cell, write_result
+from bench.common import (PARAMS, ROOT, add_json_option, diff_cell, markdown_header, relative_cell, trained_at,
+                          trained_line, write_result)
 from molar_core.io import read_json, write_json_atomic
 from molar_core.metrics import t_interval
 from pipeline.params import EvaluateParams, load_params
@@ -79,7 +80,8 @@ def collect(folder: Path) -> dict:
     runs = {int(p.parent.parent.name[4:]): read_json(p) for p in seeds}
     first = next(iter(runs.values()))
     out = {"dataset": read_json(folder / "dataset.json") if (folder / "dataset.json").exists() else str(folder),
-           "seeds": list(runs), "cold_items": first["protocol"]["cold_items"], "models": {}, "pairs": []}
+           "seeds": list(runs), "cold_items": first["protocol"]["cold_items"], "models": {}, "pairs": [],
+           "trained": trained_at(read_json(p) for p in sorted(folder.glob("seed*/results/*.json")))}
     for model in MODELS:
         cells = {}
         for kind in ("test_warm", "test_cold", "test"):
@@ -104,7 +106,8 @@ def markdown(result: dict) -> str:
     for r in result["results"]:
         c = r["cold_items"]
         name = r["dataset"]["dataset"] if isinstance(r["dataset"], dict) else r["dataset"]
-        lines += [f"**{name}**: {c['items']:,} cold items ({c['by']}, fraction {c['fraction']}), test users "
+        lines += [trained_line(r.get("trained", []))
+                  + f"**{name}**: {c['items']:,} cold items ({c['by']}, fraction {c['fraction']}), test users "
                   f"{c['test_users']['warm']:,} with a warm target, {c['test_users']['cold']:,} with a cold one; "
                   f"seeds {' '.join(map(str, r['seeds']))}", "",
                   markdown_header(["model", "warm NDCG@10", "cold NDCG@10", "all NDCG@10", "warm Recall@10",

@@ -67,6 +67,22 @@ def relative_cell(pb: dict | None) -> str:
 # JSON results
 
 
+def trained_at(records: Iterable[dict]) -> list[dict]:
+    """The distinct checkouts (commit, dirty) that trained these models, from their result JSONs (each written by
+    write_result where the model was trained), so a table made later still says which code made its numbers."""
+    seen = {(r.get("commit") or "unknown", bool(r.get("dirty"))) for r in records}
+    return [{"commit": c, "dirty": d} for c, d in sorted(seen)]
+
+
+def trained_line(trained: Sequence[dict]) -> str:
+    """'Models trained at commit `abc1234`.' (several commits listed; uncommitted changes said) or ''."""
+    if not trained:
+        return ""
+    names = ", ".join(f"`{t['commit'][:7]}`" + (" with uncommitted changes to tracked files" if t["dirty"] else "")
+                      for t in trained)
+    return f"Models trained at commit{'s' if len(trained) > 1 else ''} {names}.\n\n"
+
+
 def write_result(path: str | Path, payload: dict) -> dict:
     """Write `payload` with the machine it ran on, the checkout (commit, dirty) and the UTC date to `path`,
     atomically."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import add_json_option, diff_cell, markdown_table, write_result
+from bench.common import add_json_option, diff_cell, markdown_table, trained_at, trained_line, write_result
 from bench.sweep import compare, load_runs
 from molar_core.metrics import t_interval
 
@@ -36,6 +36,7 @@ def measure(label: str, folder: Path, a: str, b: str) -> dict:
             "mean_a": float(np.mean([r["ndcg@10"] for r in arms[a]])),
             "mean_b": float(np.mean([r["ndcg@10"] for r in arms[b]])),
             "paired": compare({s: by_seed[s] for s in seeds}, a, b),
+            "trained": trained_at(r for s in seeds for r in by_seed[s].values()),
             "epochs_run": None if None in epochs else int(sum(epochs)),
             "train_s": float(sum(r.get("train_s") or 0.0 for runs in arms.values() for r in runs))}
 
@@ -45,7 +46,8 @@ def markdown(result: dict) -> str:
     a, b = result["a"], result["b"]
     rows = [(r["rule"], " ".join(map(str, r["seeds"])), r["t_b"], r["t_a"], diff_cell(r["paired"]),
              "" if r["epochs_run"] is None else f"{r['epochs_run']:,}") for r in result["rows"]]
-    return markdown_table(["data, stopping rule", "seeds", f"{b} (mean ± 95% t)", f"{a} (mean ± 95% t)",
+    trained = {(t["commit"], t["dirty"]): t for r in result["rows"] for t in r.get("trained", [])}
+    return trained_line([trained[k] for k in sorted(trained)]) + markdown_table(["data, stopping rule", "seeds", f"{b} (mean ± 95% t)", f"{a} (mean ± 95% t)",
                            f"{a} − {b}, paired bootstrap over users (seeds pooled)",
                            "epochs run (both arms, all seeds)"], rows) + "\n"
 

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import yaml
 
-from bench.common import add_json_option, add_params_options, diff_cell, overrides, relative_cell, write_result
+from bench.common import (add_json_option, add_params_options, diff_cell, overrides, relative_cell, trained_at,
+                          trained_line, write_result)
 from bench.stage_process import run_stage
 from molar_core.checkpoint import open_checkpoint
 from molar_core.io import read_json
@@ -211,7 +212,8 @@ def report(dirs: list[Path], against: list[str], pairs: list[tuple[str, str]] = 
                       "against": {b: None if m == b else compare(by_seed, m, b) for b in against}})
     out = [{"a": a, "b": b, **pb} for a, b in pairs if (pb := compare(by_seed, a, b)) is not None]
     result = {"folders": [str(d) for d in dirs], "metric": "test ndcg@10", "seeds": seeds, "against": against,
-              "models": table, "pairs": out, "pairs_asked": [f"{a}:{b}" for a, b in pairs]}
+              "trained": trained_at(r for runs in by_seed.values() for r in runs.values()), "models": table,
+              "pairs": out, "pairs_asked": [f"{a}:{b}" for a, b in pairs]}
     print(markdown(result), end="")
     if json_out is not None:
         write_result(json_out, result)
@@ -223,7 +225,8 @@ def markdown(result: dict) -> str:
     model with its seeds, mean ± 95% t and the paired differences to the `against` models; then the pairs."""
     seeds = [str(s) for s in result["seeds"]]
     against = result.get("against", ["sasrec"])
-    lines = ["| test NDCG@10 | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% t | valid (mean) | "
+    lines = [trained_line(result.get("trained", []))
+             + "| test NDCG@10 | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% t | valid (mean) | "
              + " | ".join(f"− {b}, paired bootstrap over users (seeds pooled)" for b in against) + " |",
              "| --- " * (len(seeds) + 3 + len(against)) + "|"]
     for row in result["models"]:

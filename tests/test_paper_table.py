@@ -157,6 +157,8 @@ def test_a_sweep_json_renders_in_the_docs_as_the_sweep_printed_it(tmp_path, caps
     from bench import docs_tables
 
     _sweep(tmp_path / "sw")
+    later = tmp_path / "sw" / "seed1" / "results" / "molar.json"  # one model trained by another checkout
+    later.write_text(json.dumps({**json.loads(later.read_text()), "commit": "1" * 40, "dirty": True}))
     results = tmp_path / "results"
     sweep.report([tmp_path / "sw"], ["sasrec"], [("molar", "content"), ("molar_joint", "content")],
                  json_out=results / "sweep_test.json")
@@ -169,6 +171,8 @@ def test_a_sweep_json_renders_in_the_docs_as_the_sweep_printed_it(tmp_path, caps
     assert printed.strip() in body  # the JSON (seed keys now strings) gives back the printed tables
     written = json.loads((results / "sweep_test.json").read_text())
     assert f"commit `{written['commit'][:7]}`" in body and written["date"][:10] in body  # where it was made
+    # and which code trained the models, read from each model's own result
+    assert ("Models trained at commits `0000000`, `1111111` with uncommitted changes to tracked files." in body)
 
 
 def test_stopping_rows_pair_the_arms_and_count_the_epochs_from_the_checkpoints(tmp_path):
@@ -189,5 +193,6 @@ def test_stopping_rows_pair_the_arms_and_count_the_epochs_from_the_checkpoints(t
     assert row["mean_b"] == pytest.approx(np.mean(means))
     table = stopping.markdown({"a": "molar", "b": "content", "rows": [row]})
     assert "| rule | 0 1 |" in table and table.rstrip().endswith("| 101 |")
+    assert table.startswith("Models trained at commit `0000000`.")
     with pytest.raises(SystemExit, match="no seed has both molar_joint and content"):
         stopping.measure("rule", tmp_path / "sw", "molar_joint", "content")
