@@ -31,7 +31,7 @@ from pipeline.params import EvaluateParams, load_params
 
 DATASETS = {  # name -> (override file merged onto params.yaml or None, more overrides); paths from the repo root
     "ml-100k": (None, ["prepare.source=recbole_atomic", "prepare.path=../shared/datasets/ml-100k"]),
-    "amazon-scientific": ("bench/configs/amazon_scientific.yaml", ["train.norm=post"]),  # the default norm
+    "amazon-scientific": ("bench/configs/amazon_scientific.yaml", []),
 }
 VARIANTS = ["content", "molar", "hybrid"]
 MODELS = ["popularity", "sasrec", *VARIANTS]

@@ -96,11 +96,6 @@ def test_override_configs_hold_only_what_differs(config):
         assert node != value, f"{config.name}: {'.'.join(keys)} = {value!r} is params.yaml's own value"
 
 
-def test_amazon_config_keeps_the_pre_ln_content_model_of_the_older_tables():
-    assert bench_params(config=CONFIGS / "amazon_scientific.yaml").train.norm == "pre"
-    assert "norm: pre" in (CONFIGS / "amazon_scientific.yaml").read_text()
-
-
 def test_overrides_merge_config_then_settings_then_extra():
     got = overrides(CONFIGS / "ml100k_multimodal.yaml", ["train.threads=2", "train_id.seed=3"],
                     {"train_id": {"seed": 4}})
