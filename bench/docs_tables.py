@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import (cold_start, index_scale, limits, masked_search, paper_table, peers, ranking, scale, scaling,
-                   stopping, sweep, train_step)
+                   split_gap, stopping, sweep, train_step)
 from bench.common import ROOT
 
 RESULTS = ROOT / "bench" / "results"
@@ -38,6 +38,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "masked_search": masked_search.markdown,
     "ranking": ranking.markdown,
     "stopping": stopping.markdown,
+    "split_gap": split_gap.markdown,
     "train_step": train_step.markdown,
     "scaling": scaling.markdown,
     "scale": scale.markdown,  # also bench/results/scale_*.json (a setting beside the default, its own --out)

@@ -54,3 +54,39 @@ def test_scale_report_reads_every_size_and_the_growth_is_the_largest_over_the_sm
     assert "| evaluate |  |  | 5.0 | 300 |  |  |" in text  # measured at one size only: no growth
     assert "10,000 items: 50 users, 10,000 items, 90,000 interactions" in text
     assert text == scale.markdown(result)
+
+
+def test_split_gap_groups_hold_evaluate_s_per_user_scores_and_the_raw_file_s_sessions(small_workspace, ml_small,
+                                                                                     tmp_path):
+    import csv
+
+    import polars as pl
+
+    from bench import split_gap
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "seed0").symlink_to(small_workspace)
+    result = split_gap.measure(sweep, ml_small, ["sasrec", "molar"])
+    # the sessions, read from the raw file by hand: a user's last two ratings by (time, file row)
+    with open(ml_small / "ml-small.inter") as f:
+        rows = list(csv.reader(f, delimiter="\t"))[1:]
+    last_two: dict[str, list[tuple[float, int]]] = {}
+    for i, (user, _item, _rating, ts) in enumerate(rows):
+        last_two.setdefault(user, []).append((float(ts), i))
+    same = {u: sorted(v)[-1][0] == sorted(v)[-2][0] for u, v in last_two.items()}
+    test = pl.read_parquet(small_workspace / "data/prepared/test.parquet")
+    flags = [same[u] for u in test["raw_user_id"].to_list()]
+    assert result["users"] == {"same timestamp": sum(flags), "later": len(flags) - sum(flags)}
+    assert 0 < sum(flags) < len(flags)
+    # each group's mean is evaluate's per-user NDCG@10 over the same users
+    per_user = pl.read_parquet(small_workspace / "metrics/per_user.parquet")
+    group = dict(zip(test["user_id"].to_list(), flags))
+    for row in result["rows"]:
+        for split in ("valid", "test"):
+            ev = per_user.filter((pl.col("model") == row["model"]) & (pl.col("split") == split))
+            ev = ev.with_columns(pl.col("user_id").replace_strict(group).alias("same"))
+            for name, flag in (("same timestamp", True), ("later", False)):
+                want = ev.filter(pl.col("same") == flag)["ndcg@10"].mean()
+                assert abs(row["cells"][f"{split}/{name}"]["mean"] - want) < 1e-6
+    assert "| sasrec | 0 |" in split_gap.markdown(result)
