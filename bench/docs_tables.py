@@ -34,6 +34,7 @@ DOCS = ROOT / "docs"
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "cold_start": cold_start.markdown,
     "index_scale": index_scale.markdown,
+    "index_scale/scanned": lambda r: index_scale.markdown(r, scanned=True),  # the deep-probing run
     "limits": limits.markdown,
     "masked_search": masked_search.markdown,
     "ranking": ranking.markdown,
@@ -64,8 +65,12 @@ def conditions(result: dict) -> str:
 
 
 def renderer(name: str) -> Callable[[dict], str] | None:
-    """The renderer of bench/results/NAME.json: by name, or by the script prefix (`sweep_ml100k` is a sweep)."""
-    return RENDERERS.get(name) or next((f for key, f in RENDERERS.items() if name.startswith(f"{key}_")), None)
+    """The renderer of bench/results/NAME.json: by name, or by the script prefix (`sweep_ml100k` is a sweep);
+    NAME/VIEW picks the script's VIEW renderer (`index_scale_deep/scanned`)."""
+    base, _, view = name.partition("/")
+    keys = [base, *(k for k in RENDERERS if "/" not in k and base.startswith(f"{k}_"))]
+    return next((RENDERERS[k + (f"/{view}" if view else "")] for k in keys
+                 if k + (f"/{view}" if view else "") in RENDERERS), None)
 
 
 def render(name: str, page: Path) -> str:

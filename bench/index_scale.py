@@ -81,10 +81,10 @@ def scanned_share(index: faiss.Index, queries: np.ndarray) -> float | None:
     return float(sizes[lists].sum(1).mean() / ivf.ntotal)
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, scanned: bool = False) -> str:
     """One line per catalogue and index: every search setting's Recall@10 and speed-up against exact search in
-    the same process, and the fastest setting with Recall@10 >= 0.99 (what docs/performance.md renders from
-    bench/results/index_scale.json)."""
+    the same process (`scanned`: and the share of the catalogue its lists hold), and the fastest setting with
+    Recall@10 >= 0.99 (what docs/performance.md renders from bench/results/index_scale*.json)."""
     exact = {r["catalogue"]: r for r in result["rows"] if r["index"] == "Flat (exact)"}
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in result["rows"]:
@@ -93,6 +93,7 @@ def markdown(result: dict) -> str:
     lines = []
     for (catalogue, index), rows in groups.items():
         cells = "; ".join(f"{r['setting'].split('=')[1].split(',')[0]}: {r['recall']:.3f} at {r['speedup']:.1f}x"
+                          + (f" ({r['scanned']:.1%} scanned)" if scanned and r["scanned"] is not None else "")
                           for r in rows)
         lines.append((catalogue, f"{exact[catalogue]['qps']:,.0f}", f"{index} ({rows[0]['setting'].split('=')[0]})",
                       f"{rows[0]['build_s']:.1f}", cells))
@@ -101,7 +102,8 @@ def markdown(result: dict) -> str:
     return (f"FAISS {result['faiss']}, {result['threads']} thread(s), top {result['k']}, "
             f"{result.get('queries', 2000):,} users\n\n"
             + markdown_table(["catalogue", "exact queries/s", "index (search setting)", "build s",
-                              "setting: Recall@10 vs exact at speed-up vs exact"], lines)
+                              "setting: Recall@10 vs exact at speed-up vs exact"
+                              + (" (share of the catalogue scanned)" if scanned else "")], lines)
             + "\n\n" + markdown_table(["catalogue", "fastest setting with Recall@10 >= 0.99"], picks) + "\n")
 
 

@@ -58,3 +58,10 @@ def test_a_block_without_renderer_or_json_fails_naming_the_page(tmp_path, monkey
     with pytest.raises(SystemExit, match=message) as err:
         docs_tables.main(["--check", str(page)])
     assert str(page) in str(err.value)
+
+
+def test_a_view_of_a_prefixed_result_finds_the_script_s_view_renderer():
+    assert docs_tables.renderer("index_scale_deep/scanned") is docs_tables.RENDERERS["index_scale/scanned"]
+    assert docs_tables.renderer("sweep_default_ml100k") is docs_tables.RENDERERS["sweep"]
+    assert docs_tables.renderer("paper_table/summary") is docs_tables.RENDERERS["paper_table/summary"]
+    assert docs_tables.renderer("sweep_default_ml100k/nosuch") is None and docs_tables.renderer("nosuch") is None
