@@ -191,14 +191,20 @@ def parse_pair(text: str) -> tuple[str, str]:
 
 
 def report(dirs: list[Path], against: list[str], pairs: list[tuple[str, str]] = (),
-           json_out: Path | None = None) -> list[dict]:
+           json_out: Path | None = None, models: list[str] | None = None) -> list[dict]:
     """Each model's test NDCG@10 per seed, mean with a t-interval over seeds, and its paired bootstrap
     difference over users (seeds pooled) to each model in `against`, over the seeds both have; then each pair
     A:B of `pairs` with A − B, absolute and relative to B. Prints the tables (`markdown`) and returns the pairs'
-    numbers; with json_out, writes every number of both tables there (bench.common.write_result)."""
+    numbers; with json_out, writes every number of both tables there (bench.common.write_result). `models`: only
+    these rows, in this order (default: SASRec, then every model the folders hold)."""
     by_seed = load_runs(dirs)
+    if models:
+        missing = [m for m in models if not any(m in runs for runs in by_seed.values())]
+        if missing:
+            raise SystemExit(f"{', '.join(map(str, dirs))}: no seed has {', '.join(missing)}")
+        by_seed = {s: {m: r for m, r in runs.items() if m in models} for s, runs in by_seed.items()}
     seeds = list(by_seed)
-    models = list(dict.fromkeys(["sasrec", *(m for runs in by_seed.values() for m in runs)]))
+    models = models or list(dict.fromkeys(["sasrec", *(m for runs in by_seed.values() for m in runs)]))
     table = []
     for m in models:
         have = [s for s in seeds if m in by_seed[s]]
@@ -264,12 +270,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--report", type=Path, nargs="+", help="only print the table of these sweep folders")
     ap.add_argument("--against", nargs="+", default=["sasrec"], help="models each row is compared with")
+    ap.add_argument("--models", nargs="+", help="--report: only these models' rows, in this order")
     ap.add_argument("--pairs", nargs="*", type=parse_pair, default=[], metavar="A:B",
                     help=f"A − B over users, also relative to B (the paper's: {' '.join(PAPER_PAIRS)})")
     add_json_option(ap)
     args = ap.parse_args()
     if args.report:
-        report(args.report, args.against, args.pairs, args.json)
+        report(args.report, args.against, args.pairs, args.json, args.models)
         return
     if not args.out:
         ap.error("--out is needed to run a sweep")

@@ -196,3 +196,15 @@ def test_stopping_rows_pair_the_arms_and_count_the_epochs_from_the_checkpoints(t
     assert table.startswith("Models trained at commit `0000000`.")
     with pytest.raises(SystemExit, match="no seed has both molar_joint and content"):
         stopping.measure("rule", tmp_path / "sw", "molar_joint", "content")
+
+
+def test_a_report_of_chosen_models_keeps_their_rows_in_that_order_and_names_a_missing_one(tmp_path, capsys):
+    _sweep(tmp_path / "sw")
+    out = sweep.report([tmp_path / "sw"], ["sasrec"], [("molar", "content")], json_out=tmp_path / "r.json",
+                       models=["molar", "sasrec", "content"])
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert [r["model"] for r in written["models"]] == ["molar", "sasrec", "content"]
+    assert out[0]["diff"] == pytest.approx(0.03)  # the pair is unchanged by leaving the other models out
+    assert "content_bce" not in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no seed has nosuch"):
+        sweep.report([tmp_path / "sw"], ["sasrec"], models=["sasrec", "nosuch"])
