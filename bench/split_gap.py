@@ -20,9 +20,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from bench.common import add_json_option, markdown_table, write_result
+from bench.common import add_json_option, markdown_table, trained_at, trained_line, write_result
 from molar_core.checkpoint import open_checkpoint
 from molar_core.data.recbole_atomic import load_recbole_atomic
+from molar_core.io import read_json
 from molar_core.metrics import per_user_metrics, t_interval
 from molar_core.ranking import target_ranks
 from pipeline.readers import read_prepared
@@ -74,8 +75,9 @@ def measure(sweep: Path, data: Path, models: list[str]) -> dict:
                 cells[f"{split}/{group}"] = {"seeds": values, "mean": float(np.mean(values)),
                                              "t95": t_interval(values)}
         rows.append({"model": model, "seeds": have, "cells": cells})
+    trained = trained_at(read_json(f) for m in models for f in sorted(sweep.glob(f"seed*/results/{m}.json")))
     return {"sweep": str(sweep), "users": {GROUPS[0]: int(same.sum()), GROUPS[1]: int((~same).sum())},
-            "rows": rows}
+            "trained": trained, "rows": rows}
 
 
 def markdown(result: dict) -> str:
@@ -86,7 +88,7 @@ def markdown(result: dict) -> str:
     lines = [[r["model"], " ".join(map(str, r["seeds"]))]
              + [r["cells"][f"{split}/{g}"]["t95"] for split in ("valid", "test") for g in GROUPS]
              for r in result["rows"]]
-    return markdown_table(header, lines) + "\n"
+    return trained_line(result.get("trained", [])) + markdown_table(header, lines) + "\n"
 
 
 def main() -> None:
