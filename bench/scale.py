@@ -106,7 +106,7 @@ def markdown(result: dict) -> str:
     """The dataset line of each size and the stages' seconds and peak memory (what the script prints, and what
     docs/performance.md renders from bench/results/scale.json)."""
     sizes = [str(n) for n in result["sizes"]]
-    lines = [f"{int(n):,} items: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions"
+    lines = [f"- {int(n):,} items: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions"
              for n, s in result["stats"].items()]
     header = ["stage"] + [f"{int(n):,} items: {what}" for n in sizes for what in ("s", "peak MiB")]
     header += [f"time {int(sizes[0]):,} -> {int(sizes[-1]):,}", f"memory {int(sizes[0]):,} -> {int(sizes[-1]):,}"]
