@@ -1,5 +1,5 @@
 """Why test NDCG@10 sits below validation on ML-100K: each model's validation and test NDCG@10 over two groups of
-users, those whose test item shares its timestamp with their validation item (rated in the same session) and
+users, those whose test item shares its timestamp with their validation item (rated in the same sitting) and
 those whose test item came later.
 
     python -m bench.split_gap --sweep OUT --data ../shared/datasets/ml-100k [--models sasrec content molar]
@@ -31,7 +31,7 @@ from pipeline.readers import read_prepared
 GROUPS = ("same timestamp", "later")
 
 
-def same_session(data: Path, ws: Path) -> np.ndarray:
+def same_sitting(data: Path, ws: Path) -> np.ndarray:
     """Per test user (prepared order): does the test item share its timestamp with the validation item?"""
     inter = load_recbole_atomic(data).interactions.sort(["user", "timestamp", "source_row"])
     last = inter.group_by("user", maintain_order=True).agg(pl.col("item").tail(2), pl.col("timestamp").tail(2))
@@ -63,7 +63,7 @@ def split_ndcg(ws: Path, model: str, split: str) -> np.ndarray:
 
 def measure(sweep: Path, data: Path, models: list[str]) -> dict:
     seeds = sorted(int(p.name[4:]) for p in sweep.glob("seed*") if (p / "data/prepared/test.parquet").exists())
-    same = same_session(data, sweep / f"seed{seeds[0]}")
+    same = same_sitting(data, sweep / f"seed{seeds[0]}")
     rows = []
     for model in models:
         have = [s for s in seeds if (sweep / f"seed{s}" / "artifacts" / model).exists()]

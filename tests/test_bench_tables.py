@@ -56,7 +56,7 @@ def test_scale_report_reads_every_size_and_the_growth_is_the_largest_over_the_sm
     assert text == scale.markdown(result)
 
 
-def test_split_gap_groups_hold_evaluate_s_per_user_scores_and_the_raw_file_s_sessions(small_workspace, ml_small,
+def test_split_gap_groups_hold_evaluate_s_per_user_scores_and_the_raw_file_s_sittings(small_workspace, ml_small,
                                                                                      tmp_path):
     import csv
 
@@ -68,7 +68,7 @@ def test_split_gap_groups_hold_evaluate_s_per_user_scores_and_the_raw_file_s_ses
     sweep.mkdir()
     (sweep / "seed0").symlink_to(small_workspace)
     result = split_gap.measure(sweep, ml_small, ["sasrec", "molar"])
-    # the sessions, read from the raw file by hand: a user's last two ratings by (time, file row)
+    # the sittings, read from the raw file by hand: a user's last two ratings by (time, file row)
     with open(ml_small / "ml-small.inter") as f:
         rows = list(csv.reader(f, delimiter="\t"))[1:]
     last_two: dict[str, list[tuple[float, int]]] = {}
