@@ -34,7 +34,7 @@ DOCS = ROOT / "docs"
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "cold_start": cold_start.markdown,
     "index_scale": index_scale.markdown,
-    "index_scale/scanned": lambda r: index_scale.markdown(r, scanned=True),  # the deep-probing run
+    "index_scale/scanned": lambda r: index_scale.markdown(r, scanned=True),  # the run that searches deep into the lists
     "limits": limits.markdown,
     "masked_search": masked_search.markdown,
     "ranking": ranking.markdown,

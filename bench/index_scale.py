@@ -11,9 +11,9 @@ of the real Amazon-Scientific content vectors (4,385 x 64) this generator gives 
 real item and user vectors (README, Performance), so its larger catalogues stand in for real ones. Every index is built by
 molar_core.index.build_index, the code the `index` stage runs, and its search settings are what `index.nprobe` /
 `index.ef_search` set. The baseline is exact search (`Flat`) over the same queries in the same process and the
-same number of threads, timed again beside each setting (each the best of at least 3 runs and of 1 s of runs), so each speed-up compares two
-searches made under the same load; the table gives each setting's Recall@10 against it and its speed-up, and the
-fastest setting with recall >= 0.99 is the pick.
+same number of threads, timed again beside each setting (each the best of at least 3 runs and of 1 s of
+runs), so each speed-up compares two searches made under the same load; the table gives each setting's
+Recall@10 against it and its speed-up, and the fastest setting with recall >= 0.99 is the pick.
 """
 
 from __future__ import annotations
