@@ -47,9 +47,9 @@ def markdown(result: dict) -> str:
     rows = [(r["rule"], " ".join(map(str, r["seeds"])), r["t_b"], r["t_a"], diff_cell(r["paired"]),
              "" if r["epochs_run"] is None else f"{r['epochs_run']:,}") for r in result["rows"]]
     trained = {(t["commit"], t["dirty"]): t for r in result["rows"] for t in r.get("trained", [])}
-    return trained_line([trained[k] for k in sorted(trained)]) + markdown_table(["data, stopping rule", "seeds", f"{b} (mean ± 95% t)", f"{a} (mean ± 95% t)",
-                           f"{a} − {b}, paired bootstrap over users (seeds pooled)",
-                           "epochs run (both arms, all seeds)"], rows) + "\n"
+    return trained_line([trained[k] for k in sorted(trained)]) + markdown_table(
+        ["data, stopping rule", "seeds", f"{b} (mean ± 95% t)", f"{a} (mean ± 95% t)",
+         f"{a} − {b}, paired bootstrap over users (seeds pooled)", "epochs run (both arms, all seeds)"], rows) + "\n"
 
 
 def parse_rule(text: str) -> tuple[str, Path]:
