@@ -6,6 +6,7 @@ tables, on a machine with many cores or a GPU.
         --seeds 0 1 2 --variants content molar molar_items --jobs 8 --out /tmp/sweep
     python -m bench.sweep --report /tmp/sweep [/tmp/other-sweep ...] --pairs molar:content molar_bce:content_bce \
         [--json sweep.json]
+    python -m bench.sweep --report /tmp/sweep /tmp/pre-ln=pre --pairs content:content@pre  # across two settings
 
 W is a workspace whose `data/prepared` and `artifacts/embeddings` exist (`dvc repro embed`, or bench/pipeline.py's
 shared workspace); without --workspace, OUT/base is made first by the prepare and embed stages with the sweep's
@@ -138,17 +139,29 @@ def run(args) -> None:
         list(pool.map(lambda j: train_and_score(seeds[j[0]], j[0], j[1]), jobs))
 
 
-def load_runs(dirs: list[Path]) -> dict[int, dict[str, dict]]:
+def folder_label(text: str | Path) -> tuple[Path, str]:
+    """'OUT' -> (OUT, ''); 'OUT=LABEL' -> (OUT, 'LABEL'): that folder's models are named MODEL@LABEL, so a
+    pair can compare the same model trained under two settings (`content:content@pre`)."""
+    folder, sep, label = str(text).rpartition("=")
+    return (Path(folder), label) if sep and label and "/" not in label else (Path(text), "")
+
+
+def load_runs(dirs: list[Path | str]) -> dict[int, dict[str, dict]]:
     """seed -> model -> its result JSON, from every OUT/seedS/results/MODEL.json of these sweep folders (a later
-    folder's run of the same model and seed replaces an earlier one's)."""
+    folder's run of the same model and seed replaces an earlier one's; a folder given as OUT=LABEL names its
+    models MODEL@LABEL)."""
     by_seed: dict[int, dict[str, dict]] = {}
-    for f in (f for d in dirs for f in sorted(Path(d).glob("seed*/results/*.json"))):
-        r = read_json(f)
-        config = f.parents[1] / "artifacts" / r["model"] / "config.json"
-        if "epochs_run" not in r and config.exists():  # results written before they recorded the epochs
-            c = read_json(config)
-            r.update(epochs_run=c.get("epochs_run"), best_epoch=c.get("best_epoch"))
-        by_seed.setdefault(r["seed"], {})[r["model"]] = r
+    for d in dirs:
+        folder, label = folder_label(d)
+        for f in sorted(folder.glob("seed*/results/*.json")):
+            r = read_json(f)
+            config = f.parents[1] / "artifacts" / r["model"] / "config.json"
+            if "epochs_run" not in r and config.exists():  # results written before they recorded the epochs
+                c = read_json(config)
+                r.update(epochs_run=c.get("epochs_run"), best_epoch=c.get("best_epoch"))
+            if label:
+                r = {**r, "model": f"{r['model']}@{label}"}
+            by_seed.setdefault(r["seed"], {})[r["model"]] = r
     return dict(sorted(by_seed.items()))
 
 
@@ -268,7 +281,8 @@ def main() -> None:
                     help="trained for the first seed only (a wider study at a third of the cost)")
     ap.add_argument("--jobs", type=int, default=2, help="processes at a time")
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--report", type=Path, nargs="+", help="only print the table of these sweep folders")
+    ap.add_argument("--report", nargs="+", metavar="OUT[=LABEL]",
+                    help="only print the table of these sweep folders (=LABEL: name that folder's models MODEL@LABEL)")
     ap.add_argument("--against", nargs="+", default=["sasrec"], help="models each row is compared with")
     ap.add_argument("--models", nargs="+", help="--report: only these models' rows, in this order")
     ap.add_argument("--pairs", nargs="*", type=parse_pair, default=[], metavar="A:B",

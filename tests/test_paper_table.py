@@ -208,3 +208,18 @@ def test_a_report_of_chosen_models_keeps_their_rows_in_that_order_and_names_a_mi
     assert "content_bce" not in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no seed has nosuch"):
         sweep.report([tmp_path / "sw"], ["sasrec"], models=["sasrec", "nosuch"])
+
+
+def test_a_labelled_folder_pairs_the_same_model_trained_under_another_setting(tmp_path):
+    made = _sweep(tmp_path / "post")
+    _sweep(tmp_path / "pre")
+    for seed in (0, 1):  # the other setting's molar: 0.02 below this one's, user by user
+        _write(tmp_path / "pre", seed, "molar", made[seed]["molar"] - 0.02)
+    out = sweep.report([tmp_path / "post", f"{tmp_path / 'pre'}=pre"], ["sasrec"],
+                       [("molar", "molar@pre"), ("content", "content@pre")], json_out=tmp_path / "r.json")
+    by = {(r["a"], r["b"]): r for r in out}
+    assert by["molar", "molar@pre"]["diff"] == pytest.approx(0.02) and by["molar", "molar@pre"]["seeds"] == [0, 1]
+    assert by["content", "content@pre"]["diff"] == pytest.approx(0.0)  # the same runs in both folders
+    rows = {r["model"] for r in json.loads((tmp_path / "r.json").read_text())["models"]}
+    assert {"molar", "molar@pre", "sasrec@pre"} <= rows
+    assert sweep.folder_label("/a/b=c/d") == (Path("/a/b=c/d"), "")  # an '=' inside a path is not a label
