@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
 
 from bench.common import add_json_option, markdown_table, trained_at, trained_line, write_result
-from molar_core.checkpoint import open_checkpoint
+from bench.sweep import split_ndcg
 from molar_core.data.recbole_atomic import load_recbole_atomic
 from molar_core.io import read_json
-from molar_core.metrics import per_user_metrics, t_interval
-from molar_core.ranking import target_ranks
+from molar_core.metrics import t_interval
 from pipeline.readers import read_prepared
 
 GROUPS = ("same timestamp", "later")
@@ -49,16 +47,6 @@ def same_sitting(data: Path, ws: Path) -> np.ndarray:
                              f"has validation {raw_item[v_target]} and test {raw_item[t_target]}")
         out.append(times[0] == times[1])
     return np.array(out)
-
-
-def split_ndcg(ws: Path, model: str, split: str) -> np.ndarray:
-    """Per-user NDCG@10 of one split, every item ranked, the history masked."""
-    ckpt = open_checkpoint(ws / "artifacts" / model)
-    rows = read_prepared(ws, split)
-    users = torch.from_numpy(ckpt.user_vectors(split, rows["user_id"].to_list()))
-    ranks = target_ranks(users, torch.from_numpy(ckpt.item_vectors()), rows["history"].to_list(),
-                         rows["target"].to_torch())
-    return per_user_metrics(ranks.numpy().astype(float), [10])["ndcg@10"]
 
 
 def measure(sweep: Path, data: Path, models: list[str]) -> dict:

@@ -101,19 +101,24 @@ def seed_workspace(args, seed: int) -> Path:
     return ws
 
 
-def test_ndcg(ws: Path, model: str) -> dict:
-    """Per-user test NDCG@10 of a trained model: its saved test user vectors against its item vectors, every
-    item ranked, the user's history masked (the default protocol)."""
+def split_ndcg(ws: Path, model: str, split: str = "test") -> np.ndarray:
+    """Per-user NDCG@10 of a trained model on one split (prepared order): its saved user vectors of that split
+    against its item vectors, every item ranked, the user's history masked (the default protocol)."""
     ckpt = open_checkpoint(ws / "artifacts" / model)
-    test = read_prepared(ws, "test")
-    ckpt.check_data(ws / "data/prepared/items.parquet", test.height)
-    users = torch.from_numpy(ckpt.user_vectors("test", test["user_id"].to_list()))
-    ranks = target_ranks(users, torch.from_numpy(ckpt.item_vectors()), test["history"].to_list(),
-                         test["target"].to_torch())
-    per = per_user_metrics(ranks.numpy().astype(float), [10])
-    metrics = ws / "metrics" / ("train_id.json" if model == "sasrec" else f"train_{model}.json")
-    run = read_json(metrics)
-    return {"ndcg@10": float(per["ndcg@10"].mean()), "per_user_ndcg@10": per["ndcg@10"].round(6).tolist(),
+    rows = read_prepared(ws, split)
+    ckpt.check_data(ws / "data/prepared/items.parquet", read_prepared(ws, "test").height)
+    users = torch.from_numpy(ckpt.user_vectors(split, rows["user_id"].to_list()))
+    ranks = target_ranks(users, torch.from_numpy(ckpt.item_vectors()), rows["history"].to_list(),
+                         rows["target"].to_torch())
+    return per_user_metrics(ranks.numpy().astype(float), [10])["ndcg@10"]
+
+
+def test_ndcg(ws: Path, model: str) -> dict:
+    """A trained model's per-user test NDCG@10 (split_ndcg) with its validation score, time and epochs."""
+    ckpt = open_checkpoint(ws / "artifacts" / model)
+    ndcg = split_ndcg(ws, model)
+    run = read_json(ws / "metrics" / ("train_id.json" if model == "sasrec" else f"train_{model}.json"))
+    return {"ndcg@10": float(ndcg.mean()), "per_user_ndcg@10": ndcg.round(6).tolist(),
             "valid_ndcg@10": run["valid"].get("ndcg@10"), "train_s": run.get("train_seconds"),
             "epochs_run": ckpt.config.get("epochs_run"), "best_epoch": ckpt.config.get("best_epoch")}
 
