@@ -68,9 +68,9 @@ def renderer(name: str) -> Callable[[dict], str] | None:
     """The renderer of bench/results/NAME.json: by name, or by the script prefix (`sweep_ml100k` is a sweep);
     NAME/VIEW picks the script's VIEW renderer (`index_scale_deep/scanned`)."""
     base, _, view = name.partition("/")
+    suffix = f"/{view}" if view else ""
     keys = [base, *(k for k in RENDERERS if "/" not in k and base.startswith(f"{k}_"))]
-    return next((RENDERERS[k + (f"/{view}" if view else "")] for k in keys
-                 if k + (f"/{view}" if view else "") in RENDERERS), None)
+    return next((RENDERERS[k + suffix] for k in keys if k + suffix in RENDERERS), None)
 
 
 def render(name: str, page: Path) -> str:

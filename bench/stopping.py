@@ -46,8 +46,8 @@ def markdown(result: dict) -> str:
     a, b = result["a"], result["b"]
     rows = [(r["rule"], " ".join(map(str, r["seeds"])), r["t_b"], r["t_a"], diff_cell(r["paired"]),
              "" if r["epochs_run"] is None else f"{r['epochs_run']:,}") for r in result["rows"]]
-    trained = {(t["commit"], t["dirty"]): t for r in result["rows"] for t in r.get("trained", [])}
-    return trained_line([trained[k] for k in sorted(trained)]) + markdown_table(
+    trained = trained_at(t for r in result["rows"] for t in r.get("trained", []))  # every row's, once each
+    return trained_line(trained) + markdown_table(
         ["data, stopping rule", "seeds", f"{b} (mean ± 95% t)", f"{a} (mean ± 95% t)",
          f"{a} − {b}, paired bootstrap over users (seeds pooled)", "epochs run (both arms, all seeds)"], rows) + "\n"
 

@@ -106,7 +106,7 @@ def split_ndcg(ws: Path, model: str, split: str = "test") -> np.ndarray:
     against its item vectors, every item ranked, the user's history masked (the default protocol)."""
     ckpt = open_checkpoint(ws / "artifacts" / model)
     rows = read_prepared(ws, split)
-    ckpt.check_data(ws / "data/prepared/items.parquet", read_prepared(ws, "test").height)
+    ckpt.check_data(ws / "data/prepared/items.parquet", (rows if split == "test" else read_prepared(ws, "test")).height)
     users = torch.from_numpy(ckpt.user_vectors(split, rows["user_id"].to_list()))
     ranks = target_ranks(users, torch.from_numpy(ckpt.item_vectors()), rows["history"].to_list(),
                          rows["target"].to_torch())
