@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import add_json_option, add_params_options, bench_params, write_result
+from bench.common import add_json_option, add_params_options, bench_params, markdown_table, write_result
 from molar_core.io import read_json
 from molar_core.models.build import build_sasrec
 from molar_core.models.sasrec import sasrec_loss
@@ -50,6 +50,20 @@ def epoch_curve(ws: Path, params, seed: int, epochs: int) -> list[float]:
     result = fit(model, training_sequences(th, p), lambda b: sasrec_loss(model, b, p.loss, p.num_negatives, gen),
                  test_metrics, fit_config(p, "ndcg@10", "test curve", max_epochs=epochs), gen)
     return [row["valid_ndcg@10"] for row in result.curve]
+
+
+def markdown(result: dict) -> str:
+    """Per seed and their mean: the fair test number (epochs from validation), the mean of the last 10 epochs
+    and the test-picked maximum; what docs/results.md renders."""
+    n, seeds = result["epochs"], result["seeds"]
+    fair = all(s["fair"] for s in seeds)
+    rows = [[s["seed"], f"{s['fair']['ndcg@10']:.4f} ({s['fair']['epoch']} epochs)" if s["fair"] else "",
+             f"{s['mean_last_10']:.4f}", f"{s['max']:.4f} (epoch {s['max_epoch']})"] for s in seeds]
+    rows.append(["mean", f"{np.mean([s['fair']['ndcg@10'] for s in seeds]):.4f}" if fair else "",
+                 f"{np.mean([s['mean_last_10'] for s in seeds]):.4f}", f"{np.mean([s['max'] for s in seeds]):.4f}"])
+    header = ["seed", "refit epochs from early stopping on validation (fair)", f"mean of epochs {n - 9}-{n}",
+              f"best of {n} epochs, picked on the test set"]
+    return markdown_table(header, rows) + "\n"
 
 
 def main() -> None:
@@ -78,18 +92,13 @@ def main() -> None:
         top = int(np.argmax(curve))
         rows.append((seed, fair, float(np.mean(curve[-10:])), curve[top], top + 1))
         print(" ".join(f"{v:.4f}" for v in curve), flush=True)
-    print(f"\n| seed | refit epochs from validation (fair) | mean of last 10 of {args.epochs} epochs | "
-          "max over epochs (picked on test) |\n| --- | --- | --- | --- |")
-    for seed, fair, last, top, at in rows:
-        print(f"| {seed} | {f'{fair[0]:.4f} (epoch {fair[1]})' if fair else ''} | {last:.4f} | {top:.4f} (epoch {at}) |")
-    fair_mean = f"{np.mean([r[1][0] for r in rows]):.4f}" if args.refit_from else ""
-    print(f"| mean | {fair_mean} | {np.mean([r[2] for r in rows]):.4f} | {np.mean([r[3] for r in rows]):.4f} |")
+    result = {"workspace": str(args.workspace), "set": args.set, "epochs": args.epochs,
+              "seeds": [{"seed": seed, "curve": curves[seed],
+                         "fair": {"ndcg@10": fair[0], "epoch": fair[1]} if fair else None,
+                         "mean_last_10": last, "max": top, "max_epoch": at} for seed, fair, last, top, at in rows]}
+    print("\n" + markdown(result), end="")
     if args.json is not None:
-        write_result(args.json, {"workspace": str(args.workspace), "set": args.set, "epochs": args.epochs,
-                                 "seeds": [{"seed": seed, "curve": curves[seed],
-                                            "fair": {"ndcg@10": fair[0], "epoch": fair[1]} if fair else None,
-                                            "mean_last_10": last, "max": top, "max_epoch": at}
-                                           for seed, fair, last, top, at in rows]})
+        write_result(args.json, result)
 
 
 if __name__ == "__main__":
