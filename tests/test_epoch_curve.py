@@ -29,9 +29,9 @@ def test_curve_at_the_refit_epoch_count_is_the_saved_refit_model_s_test_ndcg(sma
 
 
 def test_table_shows_each_seed_s_fair_number_the_last_epochs_and_the_test_picked_best():
+    rising, falling = [0.1 + 0.001 * i for i in range(12)], [0.2 - 0.001 * i for i in range(12)]
     seeds = [{"seed": s, "curve": c, "fair": {"ndcg@10": c[e - 1], "epoch": e}, "mean_last_10": sum(c[-10:]) / 10,
-              "max": max(c), "max_epoch": c.index(max(c)) + 1}
-             for s, c, e in [(0, [0.1 + 0.001 * i for i in range(12)], 4), (1, [0.2 - 0.001 * i for i in range(12)], 2)]]
+              "max": max(c), "max_epoch": c.index(max(c)) + 1} for s, c, e in [(0, rising, 4), (1, falling, 2)]]
     text = epoch_curve.markdown({"epochs": 12, "seeds": seeds})
     assert "| seed | refit epochs from early stopping on validation (fair) | mean of epochs 3-12 | " \
            "best of 12 epochs, picked on the test set |" in text
