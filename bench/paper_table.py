@@ -18,7 +18,8 @@ brackets are optional, the params files' own patience is 10), then the table:
         --out /tmp/paper-table
 
 It prints the markdown table and writes OUT/paper_table.md and OUT/paper_table.json (every number, the folders,
-seeds, arms, commit, date and machine; --json PATH writes the same there too). The text-plus-image and stage-1 rows are measured only from
+seeds, arms, commit, date and machine; --json PATH writes the same there too). A pair that the folders hold over
+fewer than --min-seeds seeds (default 3; an arm still training) gets no row; the table names it instead. The text-plus-image and stage-1 rows are measured only from
 bench/finetune_ablation.py folders given with `--ablation LABEL=DIR` (its Molar models, same seeds and users
 per pair); a sweep's models all share one item embedding, so they cannot measure either.
 
@@ -110,9 +111,10 @@ def sweep_conditions(folder: Path, by_seed: dict[int, dict[str, dict]]) -> dict:
             "machines": distinct("machine"), "commits": distinct("commit")}
 
 
-def measure(sweeps: dict[str, Path], ablations: dict[str, Path]) -> tuple[list[dict], dict]:
-    """The table's rows (one per claim, dataset and compared pair that the folders hold, one "not measured" row
-    for a claim none of them holds) and each folder's conditions."""
+def measure(sweeps: dict[str, Path], ablations: dict[str, Path], min_seeds: int = 1) -> tuple[list[dict], dict]:
+    """The table's rows (one per claim, dataset and compared pair that the folders hold over at least `min_seeds`
+    seeds, one "not measured" row for a claim none of them holds) and each folder's conditions, with the pairs
+    left out for fewer seeds (arms still training) under "fewer_seeds"."""
     rows, folders = [], {}
     loaded = {}
     for label, folder in sweeps.items():
@@ -133,21 +135,32 @@ def measure(sweeps: dict[str, Path], ablations: dict[str, Path]) -> tuple[list[d
         head = {"claim": claim, "title": paper["title"], "paper_table": paper["table"],
                 "paper": [{"dataset": d, "a": a, "b": b, "relative": (a - b) / b} for d, a, b in paper["numbers"]]}
         found = []
+
+        def add(folder: str, a: str, b: str, got: dict | None, names: tuple[str, str]) -> None:
+            if got is None:
+                return
+            if len(got["seeds"]) >= min_seeds:
+                found.append({"here": folder, "a": names[0], "b": names[1], **got})
+            else:
+                folders[folder].setdefault("fewer_seeds", []).append(f"{a} − {b} (seeds {seed_list(got)})")
+
         for label in sweeps:
             for a, b in SWEEP_PAIRS.get(claim, []):
-                if (got := compare(loaded[label], a, b)) is not None:
-                    found.append({"here": label, "a": a, "b": b, **got})
+                add(label, a, b, compare(loaded[label], a, b), (a, b))
         for label in ablations:
             arms = loaded[f"{label} (ablation)"]
             for a, b in ABLATION_PAIRS.get(claim, []):
-                if (got := paired_gain(arms[a], arms[b])) is not None:
-                    found.append({"here": f"{label} (ablation)", "a": f"{a}/{ABLATION_MODEL}",
-                                  "b": f"{b}/{ABLATION_MODEL}", **got})
+                add(f"{label} (ablation)", a, b, paired_gain(arms[a], arms[b]),
+                    (f"{a}/{ABLATION_MODEL}", f"{b}/{ABLATION_MODEL}"))
         for f in found:
             f["replicates"] = verdict(f["ci_low"], f["ci_high"], sign)
         missing = NOT_MEASURED if claim in ABLATION_PAIRS else "not measured (no such models in these folders)"
         rows += [{**head, **f} for f in found] or [{**head, "here": None, "replicates": missing}]
     return rows, folders
+
+
+def seed_list(record: dict) -> str:
+    return " ".join(map(str, record["seeds"]))
 
 
 def _pct(x: float | None) -> str:
@@ -169,8 +182,10 @@ def markdown(rows: list[dict], meta: dict, title: bool = True) -> str:
     for label, f in meta["folders"].items():
         extra = ", ".join(f"{k} {v}" for k, v in f.get("settings", {}).items() if v is not None)
         trained = "; ".join(sorted({x["cpu"] + (f", {x['gpu']}" if "gpu" in x else "") for x in f.get("machines", [])}))
-        lines.append(f"- {label}: `{f['path']}`, seeds {' '.join(map(str, f['seeds']))}"
+        lines.append(f"- {label}: `{f['path']}`, seeds {seed_list(f)}"
                      + (f", {extra}" if extra else "") + (f"; trained on {trained}" if trained else ""))
+        if f.get("fewer_seeds"):
+            lines.append(f"  - left out, fewer than {meta['min_seeds']} seeds so far: {'; '.join(f['fewer_seeds'])}")
     lines += ["", "| claim | paper: NDCG@10 A vs B (relative) | here: A − B | seeds | NDCG@10 here, A vs B "
               "(mean over seeds ± 95% t) | relative gain here [95% paired bootstrap] | replicates? |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -185,7 +200,7 @@ def markdown(rows: list[dict], meta: dict, title: bool = True) -> str:
             continue
         rel = (f"{_pct(r['relative'])} [{_pct(r['relative_low'])}, {_pct(r['relative_high'])}]"
                if r["relative"] is not None else f"{r['diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]")
-        lines.append(f"{claim_cells} {r['here']}: {r['a']} − {r['b']} | {' '.join(map(str, r['seeds']))} | "
+        lines.append(f"{claim_cells} {r['here']}: {r['a']} − {r['b']} | {seed_list(r)} | "
                      f"{r['t_a']} vs {r['t_b']} | {rel} | {r['replicates']} |")
     arms = [f"`{n}`: {', '.join(f'{k} {json.dumps(v)}' for k, v in VARIANTS[n].items())}"
             for n in dict.fromkeys(x for r in rows if r["here"] for x in (r["a"], r["b"])) if n in VARIANTS]
@@ -206,7 +221,7 @@ def summary(result: dict) -> str:
         title, last = (r["title"] if r["claim"] != last else ""), r["claim"]
         here = "" if r["here"] is None else (
             f"{r['here']}: {r['a']} − {r['b']} {_pct(r['relative'])} [{_pct(r['relative_low'])}, "
-            f"{_pct(r['relative_high'])}], seeds {' '.join(map(str, r['seeds']))}")
+            f"{_pct(r['relative_high'])}], seeds {seed_list(r)}")
         lines.append(f"| {title} | {paper} | {here} | {r['replicates']} |")
     return "\n".join(lines) + "\n"
 
@@ -225,13 +240,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ablation", nargs="*", type=labelled, default=[], metavar="LABEL=DIR",
                     help="bench/finetune_ablation.py output folders (the image and stage-1 rows)")
     ap.add_argument("--out", type=Path, required=True, help="writes paper_table.json and paper_table.md here")
+    ap.add_argument("--min-seeds", type=int, default=3,
+                    help="a pair compared over fewer seeds (an arm still training) is left out, and named")
     add_json_option(ap, "paper_table.json (every number, the machine and commit)")
     args = ap.parse_args(argv)
-    rows, folders = measure(dict(args.sweep), dict(args.ablation))
+    rows, folders = measure(dict(args.sweep), dict(args.ablation), args.min_seeds)
     meta = {"made": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **checkout(),
                      "machine": describe(), "command": ["python", "-m", "bench.paper_table",
                                                           *(argv or sys.argv[1:])]},
-            "folders": folders, "arms": {n: VARIANTS[n] for n in sorted(SWEEP_MODELS & set(VARIANTS))}}
+            "folders": folders, "min_seeds": args.min_seeds,
+            "arms": {n: VARIANTS[n] for n in sorted(SWEEP_MODELS & set(VARIANTS))}}
     text = markdown(rows, meta)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {**meta, "metric": "test ndcg@10", "rows": rows}

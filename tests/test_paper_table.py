@@ -72,7 +72,8 @@ def test_sweep_pairs_pool_seeds(tmp_path, capsys):
 
 def test_paper_table_numbers_and_verdicts(tmp_path):
     made = _sweep(tmp_path / "sw")
-    res = paper_table.main(["--sweep", f"ML={tmp_path / 'sw'}", "--out", str(tmp_path / "table")])
+    res = paper_table.main(["--sweep", f"ML={tmp_path / 'sw'}", "--out", str(tmp_path / "table"),
+                            "--min-seeds", "2"])
     rows = res["rows"]
     sasrec = np.concatenate([made[0]["sasrec"], made[1]["sasrec"]]).mean()
     content = np.concatenate([made[0]["content"], made[1]["content"]]).mean()
@@ -89,6 +90,9 @@ def test_paper_table_numbers_and_verdicts(tmp_path):
     assert straddle["ci_low"] < 0 < straddle["ci_high"] and straddle["replicates"] == "not resolved"
     assert _row(rows, "content_vs_sasrec", "content", "sasrec")["diff"] == pytest.approx(-0.08)
     assert not [r for r in rows if r.get("a") == "molar_joint"]  # not in the folder: no row
+    assert not [r for r in rows if r.get("a") == "molar_direct"]  # one seed of the two asked for: left out, named
+    assert res["folders"]["ML"]["fewer_seeds"] == ["molar_direct − content (seeds 0)",
+                                                   "molar_direct − sasrec (seeds 0)"]
     for claim in ("image", "stage1"):
         [r] = [r for r in rows if r["claim"] == claim]
         assert r["here"] is None and r["replicates"] == paper_table.NOT_MEASURED
@@ -107,6 +111,7 @@ def test_paper_table_numbers_and_verdicts(tmp_path):
     assert len(written["made"]["commit"]) == 40 and written["made"]["date"] and written["made"]["machine"]["cpus"]
     md = (tmp_path / "table" / "paper_table.md").read_text()
     assert "| ML: molar − sasrec | 0 1 | " in md and f"{-0.05 / sasrec:+.1%}" in md and "| no |" in md
+    assert "  - left out, fewer than 2 seeds so far: molar_direct − content (seeds 0); molar_direct − sasrec" in md
     short = paper_table.summary(written)  # the README's form of the same rows
     assert (f"| ML: molar − content {0.03 / content:+.1%} [{above['relative_low']:+.1%}, "
             f"{above['relative_high']:+.1%}], seeds 0 1 | yes |") in short
@@ -126,7 +131,7 @@ def test_ablation_rows(tmp_path):
                       "user_id": np.concatenate([order, order]) + 1,
                       "ndcg@10": np.concatenate([values[order], np.zeros(50)])}).write_parquet(f)
     res = paper_table.main(["--sweep", f"ML={tmp_path / 'sw'}", "--ablation", f"ML={tmp_path / 'ab'}",
-                            "--out", str(tmp_path / "table")])
+                            "--min-seeds", "1", "--out", str(tmp_path / "table")])
     [img] = [r for r in res["rows"] if r["claim"] == "image"]
     assert img["diff"] == pytest.approx(0.03) and img["relative"] == pytest.approx(0.03 / text.mean())
     assert img["replicates"] == "yes" and img["a"] == "image_stage1/molar"
