@@ -25,8 +25,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import (cold_start, epoch_curve, index_scale, limits, masked_search, paper_table, peers, ranking, scale,
-                   scaling, split_gap, stopping, sweep, train_step)
+from bench import (cold_start, epoch_curve, gpu, index_scale, limits, masked_search, paper_table, peers, ranking,
+                   scale, scaling, split_gap, stopping, sweep, train_step)
 from bench.common import ROOT
 
 RESULTS = ROOT / "bench" / "results"
@@ -34,6 +34,7 @@ DOCS = ROOT / "docs"
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "cold_start": cold_start.markdown,
     "epoch_curve": epoch_curve.markdown,
+    "gpu": gpu.markdown,
     "index_scale": index_scale.markdown,
     "index_scale/scanned": lambda r: index_scale.markdown(r, scanned=True),  # the run that searches deep into the lists
     "limits": limits.markdown,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import add_json_option, markdown_header, write_result
+from bench.common import add_json_option, markdown_table, write_result
 from molar_core.data.synthetic import generate
 from molar_core.models.sasrec import SASRec, SASRecConfig, sasrec_loss
 
@@ -117,6 +117,21 @@ def rank(device: torch.device, items: int, users: int = 8192, k: int = 10) -> tu
     return out.cpu(), users / (time.perf_counter() - t)
 
 
+ROW_KEYS = ("path", "cpu", "cuda", "speedup", "unit", "check")
+
+
+def markdown(result: dict) -> str:
+    """Both tables of a run (what it prints, and what docs/performance.md renders from its JSON): each path on
+    CPU and CUDA with the speed-up and the check, then Qwen2-VL-2B's shape on CUDA."""
+    text = markdown_table(["path", "CPU", "CUDA", "speed-up", "unit", "check"],
+                          [[r[k] for k in ROW_KEYS] for r in result["rows"]]) + "\n"
+    if result.get("qwen2vl_2b_cuda"):
+        text += "\n" + markdown_table(["Qwen2-VL-2B shape, bf16, CUDA", "items/s", "hours per 1e6 items"],
+                                      [[b["shape"], f"{b['items_per_s']:,.1f}", f"{b['hours_per_1e6_items']:.2f}"]
+                                       for b in result["qwen2vl_2b_cuda"]]) + "\n"
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
@@ -156,23 +171,18 @@ def main() -> None:
                          f"{'OK' if check else 'FAIL'}: {what}"))
         else:
             rows.append((name, f"{cpu_speed:,.1f}", "-", "-", unit, "-"))
-    print("\n" + markdown_header(["path", "CPU", "CUDA", "speed-up", "unit", "check"]))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
     big = []
     if "cuda" in res:
-        print("\n" + markdown_header(["Qwen2-VL-2B shape, bf16, CUDA", "items/s", "hours per 1e6 items"]))
         for label, pixels, side in (("1 visual token (max_pixels 784, the default)", 28 * 28, 84),
                                     ("256 visual tokens (448x448 images)", 448 * 448, 448)):
             _, speed = embed_items(torch.device("cuda"), 2 * args.items, QWEN2VL_2B, pixels, side)
-            print(f"| {label} | {speed:,.1f} | {1e6 / speed / 3600:.2f} |")
             big.append({"shape": label, "items_per_s": speed, "hours_per_1e6_items": 1e6 / speed / 3600})
+    result = {"steps": args.steps, "items": args.items, "rank_items": args.rank_items, "ok": ok,
+              "speed": {d: {name: v[1] for name, v in r.items()} for d, r in res.items()},
+              "rows": [dict(zip(ROW_KEYS, r)) for r in rows], "qwen2vl_2b_cuda": big}
+    print("\n" + markdown(result), end="")
     if args.json is not None:
-        speeds = {d: {name: v[1] for name, v in r.items()} for d, r in res.items()}
-        write_result(args.json, {"steps": args.steps, "items": args.items, "rank_items": args.rank_items, "ok": ok,
-                                 "speed": speeds, "rows": [dict(zip(["path", "cpu", "cuda", "speedup", "unit",
-                                                                     "check"], r)) for r in rows],
-                                 "qwen2vl_2b_cuda": big})
+        write_result(args.json, result)
     sys.exit(0 if ok else 1)
 
 
