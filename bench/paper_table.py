@@ -19,9 +19,10 @@ brackets are optional, the params files' own patience is 10), then the table:
 
 It prints the markdown table and writes OUT/paper_table.md and OUT/paper_table.json (every number, the folders,
 seeds, arms, commit, date and machine; --json PATH writes the same there too). A pair that the folders hold over
-fewer than --min-seeds seeds (default 3; an arm still training) gets no row; the table names it instead. The text-plus-image and stage-1 rows are measured only from
-bench/finetune_ablation.py folders given with `--ablation LABEL=DIR` (its Molar models, same seeds and users
-per pair); a sweep's models all share one item embedding, so they cannot measure either.
+fewer than --min-seeds seeds (default 3; an arm still training) gets no row; the table names it instead. The
+text-plus-image and stage-1 rows are measured only from bench/finetune_ablation.py folders given with
+`--ablation LABEL=DIR` (its Molar models, same seeds and users per pair); a sweep's models all share one item
+embedding, so they cannot measure either.
 
 Every measured number comes from the folders' per-user test NDCG@10 (a sweep's results/MODEL.json, an
 ablation's metrics/per_user.parquet): the difference A − B over users, seeds pooled, with its paired bootstrap
