@@ -76,11 +76,10 @@ def main() -> None:
     add_json_option(ap, "every seed's curve and the table's numbers")
     args = ap.parse_args()
     params = bench_params(args.params, args.config, args.set)
-    rows, curves = [], {}
+    seeds = []
     for seed in args.seeds:
         curve = epoch_curve(args.workspace, params, seed, args.epochs)
-        curves[seed] = curve
-        fair = ""
+        fair = None
         if args.refit_from:
             run = args.refit_from / f"seed{seed}"
             best = read_json(run / "metrics" / "train_id.json")["best_epoch"]
@@ -88,14 +87,12 @@ def main() -> None:
             if best > len(curve) or abs(curve[best - 1] - swept) > 1e-6:
                 sys.exit(f"seed {seed}: epoch {best} gives {curve[best - 1] if best <= len(curve) else None}, "
                          f"{run} has {swept:.6f}: not the same settings (or --epochs < {best})")
-            fair = swept, best
+            fair = {"ndcg@10": swept, "epoch": best}
         top = int(np.argmax(curve))
-        rows.append((seed, fair, float(np.mean(curve[-10:])), curve[top], top + 1))
+        seeds.append({"seed": seed, "curve": curve, "fair": fair, "mean_last_10": float(np.mean(curve[-10:])),
+                      "max": curve[top], "max_epoch": top + 1})
         print(" ".join(f"{v:.4f}" for v in curve), flush=True)
-    result = {"workspace": str(args.workspace), "set": args.set, "epochs": args.epochs,
-              "seeds": [{"seed": seed, "curve": curves[seed],
-                         "fair": {"ndcg@10": fair[0], "epoch": fair[1]} if fair else None,
-                         "mean_last_10": last, "max": top, "max_epoch": at} for seed, fair, last, top, at in rows]}
+    result = {"workspace": str(args.workspace), "set": args.set, "epochs": args.epochs, "seeds": seeds}
     print("\n" + markdown(result), end="")
     if args.json is not None:
         write_result(args.json, result)
