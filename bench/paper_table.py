@@ -212,18 +212,28 @@ def markdown(rows: list[dict], meta: dict, title: bool = True) -> str:
 
 
 def summary(result: dict) -> str:
-    """The table's short form (README.md): per claim and compared pair, the paper's relative gains, ours with
-    its interval and the seeds, and the verdict."""
-    lines = ["| claim | paper: relative NDCG@10 gain | here: A − B, relative [95% paired bootstrap], seeds | "
-             "replicates? |", "| --- | --- | --- | --- |"]
-    last = None
+    """The table's short form (README.md): a row per claim and compared pair, a column per folder (dataset), each
+    cell the relative gain with its interval, the seed count and the verdict; a claim none of the folders
+    measures gets one row saying so."""
+    labels = list(dict.fromkeys(r["here"] for r in result["rows"] if r["here"] is not None))
+    cells: dict[tuple, dict[str, str]] = {}
     for r in result["rows"]:
-        paper = "; ".join(f"{p['dataset']} {_pct(p['relative'])}" for p in r["paper"]) if r["claim"] != last else ""
-        title, last = (r["title"] if r["claim"] != last else ""), r["claim"]
-        here = "" if r["here"] is None else (
-            f"{r['here']}: {r['a']} − {r['b']} {_pct(r['relative'])} [{_pct(r['relative_low'])}, "
-            f"{_pct(r['relative_high'])}], seeds {seed_list(r)}")
-        lines.append(f"| {title} | {paper} | {here} | {r['replicates']} |")
+        key = (r["claim"], r.get("a"), r.get("b"))
+        cells.setdefault(key, {})
+        if r["here"] is not None:
+            cells[key][r["here"]] = (f"{_pct(r['relative'])} [{_pct(r['relative_low'])}, {_pct(r['relative_high'])}]"
+                                     f", {len(r['seeds'])} seed{'s' * (len(r['seeds']) != 1)}: {r['replicates']}")
+    by_claim = {r["claim"]: r for r in result["rows"]}
+    lines = ["| claim | paper: relative NDCG@10 gain | A − B | " + " | ".join(labels) + " |",
+             "| --- | --- | --- |" + " --- |" * len(labels)]
+    last = None
+    for (claim, a, b), got in cells.items():
+        r = by_claim[claim]
+        title, paper = ("", "") if claim == last else (
+            r["title"], "; ".join(f"{p['dataset']} {_pct(p['relative'])}" for p in r["paper"]))
+        last = claim
+        pair = f"{a} − {b}" if a is not None else r["replicates"]
+        lines.append(f"| {title} | {paper} | {pair} | " + " | ".join(got.get(label, "") for label in labels) + " |")
     return "\n".join(lines) + "\n"
 
 

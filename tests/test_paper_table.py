@@ -113,9 +113,30 @@ def test_paper_table_numbers_and_verdicts(tmp_path):
     assert "| ML: molar − sasrec | 0 1 | " in md and f"{-0.05 / sasrec:+.1%}" in md and "| no |" in md
     assert "  - left out, fewer than 2 seeds so far: molar_direct − content (seeds 0); molar_direct − sasrec" in md
     short = paper_table.summary(written)  # the README's form of the same rows
-    assert (f"| ML: molar − content {0.03 / content:+.1%} [{above['relative_low']:+.1%}, "
-            f"{above['relative_high']:+.1%}], seeds 0 1 | yes |") in short
-    assert "| Molar vs SASRec | MovieLens-1M +58.4%; PixelRec +50.4%; Amazon clothing +30.3% |" in short
+    assert short.startswith("| claim | paper: relative NDCG@10 gain | A − B | ML |\n")
+    assert (f"| molar − content | {0.03 / content:+.1%} [{above['relative_low']:+.1%}, "
+            f"{above['relative_high']:+.1%}], 2 seeds: yes |") in short
+    assert "| Molar vs SASRec | MovieLens-1M +58.4%; PixelRec +50.4%; Amazon clothing +30.3% | molar − sasrec |" in short
+    assert f"| text and image vs text only | PixelRec +8.8% | {paper_table.NOT_MEASURED} |  |" in short
+
+
+def test_summary_puts_each_folder_in_its_own_column(tmp_path):
+    """Two folders: a pair both hold fills both cells of its row; a pair only one holds leaves the other empty."""
+    _sweep(tmp_path / "a")
+    _sweep(tmp_path / "b")
+    for seed in (0, 1):
+        (tmp_path / "b" / f"seed{seed}" / "results" / "molar_bce.json").unlink()
+    res = paper_table.main(["--sweep", f"A={tmp_path / 'a'}", f"B={tmp_path / 'b'}", "--min-seeds", "1",
+                            "--out", str(tmp_path / "table")])
+    table = [[c.strip() for c in line.split("|")[1:-1]] for line in paper_table.summary(res).splitlines()]
+    rows = {cells[2]: cells[3:] for cells in table}
+    assert rows["A − B"] == ["A", "B"]
+    [both] = [r for r in res["rows"] if (r["claim"], r.get("a"), r["here"]) == ("alignment", "molar", "A")]
+    cell = f"{both['relative']:+.1%} [{both['relative_low']:+.1%}, {both['relative_high']:+.1%}], 2 seeds: yes"
+    assert rows["molar − content"] == [cell, cell]
+    assert rows["molar_direct − content"][0].endswith(", 1 seed: yes")
+    assert rows["molar_bce − content_bce"][0].endswith("2 seeds: not resolved")
+    assert rows["molar_bce − content_bce"][1] == ""
 
 
 def test_ablation_rows(tmp_path):
