@@ -71,6 +71,8 @@ def test_the_site_builds_strictly_with_every_page(tmp_path):
     home = (site / "index.html").read_text(encoding="utf-8")
     assert "open implementation of" in home, "docs/index.md no longer includes the README's overview"
     assert 'href="pipeline/"' in home
+    datasets = (site / "datasets" / "index.html").read_text(encoding="utf-8")
+    assert "data/mine/interactions.csv" in datasets, "docs/datasets.md no longer includes the README's own-data example"
     reference = (site / "reference" / "index.html").read_text(encoding="utf-8")
     for name in ("molar_core.recommender.Recommender", "recommend_many", "molar_core.ranking",
                  "molar_core.metrics", "molar_core.popularity", "molar_core.models.sasrec",

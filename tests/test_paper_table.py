@@ -116,7 +116,8 @@ def test_paper_table_numbers_and_verdicts(tmp_path):
     assert short.startswith("| claim | paper: relative NDCG@10 gain | A − B | ML |\n")
     assert (f"| molar − content | {0.03 / content:+.1%} [{above['relative_low']:+.1%}, "
             f"{above['relative_high']:+.1%}], 2 seeds: yes |") in short
-    assert "| Molar vs SASRec | MovieLens-1M +58.4%; PixelRec +50.4%; Amazon clothing +30.3% | molar − sasrec |" in short
+    assert ("| Molar vs SASRec | MovieLens-1M +58.4%; PixelRec +50.4%; Amazon clothing +30.3% | molar − sasrec |"
+            in short)
     assert f"| text and image vs text only | PixelRec +8.8% | {paper_table.NOT_MEASURED} |  |" in short
 
 

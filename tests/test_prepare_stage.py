@@ -295,3 +295,55 @@ def test_sample_settings_out_of_range_name_the_key(key, value):
 
     with pytest.raises(ParamsError, match=rf"prepare\.{key}"):
         parse_params({"prepare": {key: value}})
+
+
+# ------------------------------------------------------------------------------------------------ README example
+
+
+def test_the_readme_own_data_example_prepares(tmp_path, monkeypatch):
+    """The README's "Your own data" block, as written: its `prepare` section merged onto params.yaml validates, and
+    tables with the columns its comments name, at the paths it gives (relative to the project root), prepare with
+    every title, text and image in the items table."""
+    import re
+
+    import yaml
+    from PIL import Image
+
+    from pipeline.params import load_params
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"\[start:own-data\].*?```yaml\n(.*?)```", readme, re.S).group(1)
+    section = yaml.safe_load(block)
+    columns = {Path(m[0]).name: [c.strip() for c in m[1].split(",")]
+               for m in re.findall(r"(\S+\.csv)\s+# columns ([\w, ]+)", block)}
+    assert set(columns) == {"interactions.csv", "items.csv"}
+    assert columns["interactions.csv"][:2] == ["user_id", "item_id"]
+    monkeypatch.chdir(tmp_path)
+    table = section["prepare"]["table"]
+    folder = Path(table["items"]).parent
+    (folder / "images").mkdir(parents=True)
+    items = 12
+    with open(table["items"], "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(columns["items.csv"])
+        for i in range(items):
+            Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(folder / "images" / f"{i}.png")
+            row = {"item_id": f"sku{i}", "title": f"Widget {i}", "description": f"a widget of size {i}",
+                   "image": f"images/{i}.png"}
+            w.writerow([row[c] for c in columns["items.csv"]])
+    with open(table["interactions"], "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(columns["interactions.csv"])
+        for u in range(20):
+            for t, i in enumerate((u + k) % items for k in range(6)):
+                w.writerow([f"u{u}", f"sku{i}", 1_700_000_000 + 60 * t][: len(columns["interactions.csv"])])
+    p = load_params(Path(__file__).parents[1] / "params.yaml", overrides=section).prepare
+    run(p, tmp_path)
+    frames, stats = reload(tmp_path)
+    check_consistency(frames, stats)
+    got = frames["items"].sort("raw_item_id")
+    assert stats["users"] == 20 and got.height == items
+    assert all(got["has_image"]) and stats["images"]["item_coverage"] == 1.0
+    for raw, title, text in got.select("raw_item_id", "title", "text").iter_rows():
+        i = int(raw[3:])
+        assert title == f"Widget {i}" and f"a widget of size {i}" in text
