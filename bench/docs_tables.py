@@ -28,6 +28,7 @@ from pathlib import Path
 from bench import (cold_start, epoch_curve, gpu, index_scale, limits, masked_search, paper_table, peers, ranking,
                    scale, scaling, split_gap, stopping, sweep, train_step)
 from bench.common import ROOT
+from bench.machine import hardware_notes
 
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
@@ -61,9 +62,8 @@ def conditions(result: dict) -> str:
     commit = (made.get("commit") or "unknown")[:7]
     dirty = " with uncommitted changes to tracked files" if made.get("dirty") else ""
     date = f" on {made['date'][:10]}" if made.get("date") else ""
-    gpu = f", {m['gpu']}" if "gpu" in m else ""
-    return (f"*Measured at commit `{commit}`{dirty}{date}, {m.get('cpu', 'unknown CPU')} ({m.get('cpus_usable', '?')} "
-            f"of {m.get('cpus', '?')} CPUs{gpu}, torch {m.get('torch', '?')}).*")
+    inside = ", ".join([*hardware_notes(m), f"torch {m.get('torch', '?')}"])
+    return f"*Measured at commit `{commit}`{dirty}{date}, {m.get('cpu', 'unknown CPU')} ({inside}).*"
 
 
 def renderer(name: str) -> Callable[[dict], str] | None:

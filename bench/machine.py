@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def describe() -> dict:
-    """CPU model and counts, OS, Python, torch and the GPU torch sees: the conditions a results table carries."""
+    """CPU model and counts, torch's CPU kernels, OS, Python, torch and the GPU torch sees: the conditions a results
+    table carries. The kernels (AVX2, AVX512, ...) set speed and float summation order alike: the same seed trains
+    to other numbers on a CPU whose kernels differ."""
     cpu = platform.processor()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -31,10 +33,22 @@ def describe() -> dict:
         pass
     usable = usable_cpus()
     info = {"cpu": cpu, "cpus": os.cpu_count(), "cpus_usable": usable, "os": platform.platform(),
-            "python": sys.version.split()[0], "torch": torch.__version__}
+            "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "python": sys.version.split()[0],
+            "torch": torch.__version__}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def hardware_notes(machine: dict) -> list[str]:
+    """['2 of 2 CPUs', 'AVX2 kernels', 'NVIDIA H200']: what a table's heading says of a recorded machine (results
+    recorded before the kernels were leave them out)."""
+    notes = [f"{machine.get('cpus_usable', '?')} of {machine.get('cpus', '?')} CPUs"]
+    if machine.get("cpu_kernels"):
+        notes.append(f"{machine['cpu_kernels']} kernels")
+    if "gpu" in machine:
+        notes.append(machine["gpu"])
+    return notes
 
 
 def checkout() -> dict:

@@ -44,7 +44,7 @@ import polars as pl
 import yaml
 
 from bench.common import add_json_option
-from bench.machine import checkout, describe
+from bench.machine import checkout, describe, hardware_notes
 from bench.sweep import VARIANTS, compare, load_runs, paired_gain
 
 # The paper's test NDCG@10 (arXiv 2412.18176, full ranking, leave-one-out), as ../shared/docs/molar-method.md
@@ -177,7 +177,7 @@ def markdown(rows: list[dict], meta: dict, title: bool = True) -> str:
              "2412.18176 (Tables 2 and 5). Here: A − B over the same test users, seeds pooled, paired bootstrap "
              "95% interval; relative = over B's pooled mean.", "",
              f"Made {made['date']} at commit {made['commit']}{' (tracked files changed)' if made['dirty'] else ''}"
-             f" on {m['cpu']} ({m['cpus_usable']} of {m['cpus']} CPUs{', ' + m['gpu'] if 'gpu' in m else ''}).", ""]
+             f" on {m['cpu']} ({', '.join(hardware_notes(m))}).", ""]
     if not title:
         lines = lines[2:4]
     for label, f in meta["folders"].items():

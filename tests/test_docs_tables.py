@@ -65,3 +65,20 @@ def test_a_view_of_a_prefixed_result_finds_the_script_s_view_renderer():
     assert docs_tables.renderer("sweep_default_ml100k") is docs_tables.RENDERERS["sweep"]
     assert docs_tables.renderer("paper_table/summary") is docs_tables.RENDERERS["paper_table/summary"]
     assert docs_tables.renderer("sweep_default_ml100k/nosuch") is None and docs_tables.renderer("nosuch") is None
+
+
+def test_the_heading_names_the_cpu_kernels_a_result_was_measured_with():
+    """The same seed trains to other numbers with other CPU kernels (AVX2 against AVX512), so a new result records
+    torch's kernels and its heading says them; a result recorded before that renders as it always did."""
+    import torch
+
+    from bench.machine import describe
+
+    machine = describe()
+    assert machine["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+    made = {"commit": "abc1234def", "dirty": False, "date": "2026-12-02T00:00:00",
+            "machine": {"cpu": "AMD EPYC", "cpus": 2, "cpus_usable": 2, "torch": "2.13.0+cpu"}}
+    old = "*Measured at commit `abc1234` on 2026-12-02, AMD EPYC (2 of 2 CPUs, torch 2.13.0+cpu).*"
+    assert docs_tables.conditions(made) == old
+    made["machine"]["cpu_kernels"] = "AVX2"
+    assert docs_tables.conditions({"made": made}) == old.replace("CPUs,", "CPUs, AVX2 kernels,")
